@@ -1,0 +1,85 @@
+"""The ``llm-course`` command.
+
+    llm-course doctor                     environment check
+    llm-course grade [STAGE] [--impl X]   grade the exercises of a stage (or all)
+    llm-course progress [--impl X]        points per stage
+    llm-course bench kernels|layers       benchmarks (stage 1 and 2), CSV and charts
+    llm-course build-tokenizer            rebuild the course's default tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def _grade(args) -> int:
+    from llm_course.grading.grader import grade
+
+    report = grade(args.stage, args.impl)
+    if report.all_passed:
+        print("\nEverything passes. Well done!")
+        return 0
+    if not args.strict:
+        print("\nKeep going: fix the first failing exercise, then run this again.")
+        return 0
+    return 1
+
+
+def _progress(args) -> int:
+    from llm_course.grading.grader import progress
+
+    report = progress(args.impl)
+    return 1 if args.strict and not report.all_passed else 0
+
+
+BENCHES = {
+    "kernels": "llm_course.bench.kernels",
+    "layers": "llm_course.bench.layers",
+    "attention": "llm_course.bench.attention",
+}
+
+
+def _bench(args, rest) -> int:
+    module = importlib.import_module(BENCHES[args.what])
+    return module.main(rest) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-course", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check the environment")
+    g = sub.add_parser("grade", help="grade exercises")
+    g.add_argument("stage", nargs="?", type=int, default=None)
+    g.add_argument("--impl", default=None, help="exercises (default), solutions, or a folder with that layout")
+    g.add_argument("--strict", action="store_true", help="exit non-zero unless everything passes (CI, instructors)")
+    p = sub.add_parser("progress", help="points per stage")
+    p.add_argument("--impl", default=None)
+    p.add_argument("--strict", action="store_true")
+    b = sub.add_parser("bench", help="benchmarks; extra arguments go to the benchmark (try --help)")
+    b.add_argument("what", choices=sorted(BENCHES))
+    t = sub.add_parser("build-tokenizer", help="rebuild configs/tokenizer from the default corpus")
+    t.add_argument("--vocab-size", type=int, default=None)
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "bench" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "doctor":
+        from llm_course.doctor import main as doctor
+
+        return doctor()
+    if args.command == "grade":
+        return _grade(args)
+    if args.command == "progress":
+        return _progress(args)
+    if args.command == "bench":
+        return _bench(args, rest)
+    if args.command == "build-tokenizer":
+        from llm_course.tokenizer.build_default import main as build
+
+        return build(["--vocab-size", str(args.vocab_size)] if args.vocab_size else [])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

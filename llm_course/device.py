@@ -1,0 +1,140 @@
+"""One place that decides the device and how Triton runs.
+
+Everything in the course that needs a device asks :func:`get_device`; nothing
+else in the package writes the string "cuda".
+
+Triton has two modes:
+
+* **compiled** -- a CUDA GPU is present: ``@triton.jit`` kernels compile to GPU code.
+* **interpreter** -- no GPU: kernels run on the CPU through Triton's interpreter
+  (``TRITON_INTERPRET=1``). Every exercise works this way, about a thousand times
+  slower, so CPU examples use small sizes.
+
+The interpreter has to be switched on *before* the module that defines a kernel
+is imported, because ``@triton.jit`` decides at decoration time. That is why
+``import llm_course`` never imports a kernel module, and why every module that
+defines kernels starts with::
+
+    from llm_course.device import configure_triton
+    configure_triton()
+    import triton
+
+The interpreter's traps, handled here so learners don't discover them the hard way:
+
+* bfloat16 silently computes zeros -> :func:`check_triton_dtype` raises a clear error.
+* ``@triton.autotune`` with several configs fails -> :func:`autotune_configs` keeps one.
+* ``triton.testing.do_bench`` fails -> use :func:`llm_course.measure.timer.benchmark`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+ENV_DEVICE = "LLM_COURSE_DEVICE"  # force a device, e.g. LLM_COURSE_DEVICE=cpu on a GPU box
+ENV_INTERPRET = "TRITON_INTERPRET"
+
+_KERNEL_MODULES_SEEN: list[str] = []  # modules that called configure_triton(), in order
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device the course runs on: ``prefer``, else $LLM_COURSE_DEVICE, else a CUDA GPU, else the CPU."""
+    name = prefer or os.environ.get(ENV_DEVICE)
+    if name:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {name!r} was asked for (argument or ${ENV_DEVICE}) but torch sees no CUDA GPU; "
+                "unset it to run on the CPU"
+            )
+        return dev
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def has_gpu() -> bool:
+    """True when Triton kernels can be compiled for a GPU here."""
+    return torch.cuda.is_available()
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for all queued work on ``device`` (a no-op on the CPU, where work is synchronous)."""
+    dev = torch.device(device) if device is not None else get_device()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def configure_triton() -> str:
+    """Switch Triton to the interpreter when there is no GPU; return the mode.
+
+    Call it before ``import triton`` in any module that defines kernels. It is
+    idempotent, and it never switches the interpreter *off* if the user set it.
+    """
+    if not has_gpu() and os.environ.get(ENV_INTERPRET, "0") in ("", "0"):
+        os.environ[ENV_INTERPRET] = "1"
+    caller = sys._getframe(1).f_globals.get("__name__", "?")
+    if caller not in _KERNEL_MODULES_SEEN:
+        _KERNEL_MODULES_SEEN.append(caller)
+    return triton_mode()
+
+
+def triton_mode() -> str:
+    """'compiled', 'interpreter', or 'unavailable' (Triton not installed)."""
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            return "unavailable"
+    except (ImportError, ValueError):
+        return "unavailable"
+    return "interpreter" if is_interpreter() else "compiled"
+
+
+def is_interpreter() -> bool:
+    """True when Triton kernels run (or, once configured, will run) through the CPU interpreter."""
+    return os.environ.get(ENV_INTERPRET, "0") not in ("", "0") or not has_gpu()
+
+
+def check_triton_dtype(op: str, *tensors: torch.Tensor) -> None:
+    """Refuse bfloat16 under the interpreter, where it silently computes zeros."""
+    if not is_interpreter():
+        return
+    for t in tensors:
+        if t is not None and t.dtype == torch.bfloat16:
+            raise TypeError(
+                f"{op}: bfloat16 is not supported by the Triton interpreter (it silently gives zeros); "
+                "on the CPU use float32 or float16, or run on a GPU"
+            )
+
+
+def autotune_configs(gpu_configs: list, cpu_config) -> list:
+    """Several autotune configs on a GPU, exactly one under the interpreter (which rejects more)."""
+    return [cpu_config] if is_interpreter() or not has_gpu() else list(gpu_configs)
+
+
+def describe() -> dict[str, str]:
+    """Facts about this machine that the doctor and the benchmark files record."""
+    import platform
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(get_device()),
+        "triton_mode": triton_mode(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = "not installed"
+    if has_gpu():
+        props = torch.cuda.get_device_properties(get_device())
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = f"{props.total_memory / 2**30:.0f}"
+        info["cuda"] = str(torch.version.cuda)
+    else:
+        info["gpu"] = "none"
+        info["cpu_threads"] = str(torch.get_num_threads())
+    return info
