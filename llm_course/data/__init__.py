@@ -1,0 +1,7 @@
+"""Text data for the course.
+
+* :mod:`llm_course.data.corpus` -- the default corpus, the Python standard
+  library's own sources (no download), and JSON Lines helpers
+  (``iter_documents``, ``default_corpus_text``, ``write_jsonl``, ``read_jsonl``,
+  ``load_sample``).
+"""
