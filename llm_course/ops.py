@@ -62,12 +62,17 @@ def attention(
     scale: float | None = None,
     window: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Scaled dot-product attention with grouped-query heads.
 
     q (B, Hq, T, D); k, v (B, Hkv, S, D) with Hkv dividing Hq; -> (B, Hq, T, D).
     ``causal`` masks future keys (query i sees keys <= i + S - T); ``window`` keeps
     only the last ``window`` keys of each query; ``key_padding_mask`` (B, S) is True
-    where a key is real and False where it is padding.
+    where a key is real and False where it is padding. ``dropout_p`` drops attention
+    probabilities (layers pass it only while training). A query that sees no key gives 0.
     """
-    return dispatch("attention", q, k, v, causal=causal, scale=scale, window=window, key_padding_mask=key_padding_mask)
+    kwargs = dict(causal=causal, scale=scale, window=window, key_padding_mask=key_padding_mask)
+    if dropout_p:
+        kwargs["dropout_p"] = dropout_p
+    return dispatch("attention", q, k, v, **kwargs)

@@ -1,0 +1,138 @@
+"""Scaled dot-product attention: the PyTorch reference.
+
+    out = softmax(q @ k^T * scale + mask) @ v
+
+Shapes (GQA: several query heads share one key/value head):
+
+* q: (B, Hq, T, D)    -- T queries per head
+* k: (B, Hkv, S, D)   -- S keys; Hkv divides Hq
+* v: (B, Hkv, S, Dv)
+* out: (B, Hq, T, Dv), in q's dtype
+
+Query head ``h`` reads key/value head ``h // G`` with ``G = Hq // Hkv`` (the
+group size). Hkv == Hq is ordinary multi-head attention, Hkv == 1 is multi-query
+attention. Here the group is a broadcast, never a copy: q is viewed as
+(B, Hkv, G, T, D) and k as (B, Hkv, 1, S, D), so K and V are never repeated
+``G`` times the way ``repeat_interleave`` would.
+
+Which keys a query sees (all three rules combine with AND):
+
+* ``causal``: query ``i`` sees keys ``j <= i + S - T``. The queries are the *last*
+  T positions of the S keys, which is what a KV cache needs (T < S when new
+  tokens are appended to a cache); with T == S it is the usual ``j <= i``.
+* ``window=w``: query ``i`` sees only keys with ``(i + S - T) - j < w``, the
+  last ``w`` positions up to and including its own (sliding-window attention).
+* ``key_padding_mask`` (B, S) bool: True where a key is a real token, False where
+  it is padding.
+
+A query that sees no key at all gets an output of 0 (not NaN). The scores and
+the softmax are computed in float32 (float64 if the inputs are float64).
+
+This is the *naive* algorithm: it writes the whole (T, S) score matrix to
+memory and reads it back, which is why it is memory-bound; FlashAttention
+(``llm_course/backends/triton_ops/flash_attention.py``) computes the same
+numbers tile by tile without ever storing the scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_mask(
+    T: int,
+    S: int,
+    causal: bool = True,
+    window: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The boolean mask of keys each query may see: True = visible.
+
+    Returns (B, 1, T, S) when ``key_padding_mask`` (B, S) is given, else (1, 1, T, S),
+    so that it broadcasts over the heads of a (B, H, T, S) score matrix.
+    """
+    if key_padding_mask is not None and device is None:
+        device = key_padding_mask.device
+    i = torch.arange(T, device=device).view(T, 1) + (S - T)  # (T, 1): each query's position among the keys
+    j = torch.arange(S, device=device).view(1, S)  # (1, S): each key's position
+    mask = torch.ones(T, S, dtype=torch.bool, device=device)  # (T, S)
+    if causal:
+        mask &= j <= i  # no looking at the future
+    if window is not None:
+        if window < 1:
+            raise ValueError(f"attention: window must be a positive number of keys, got {window}")
+        mask &= (i - j) < window  # only the last `window` positions
+    mask = mask.view(1, 1, T, S)
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool or key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != S:
+            raise ValueError(
+                f"attention: key_padding_mask must be a bool tensor of shape (B, S={S}), "
+                f"got {str(key_padding_mask.dtype).removeprefix('torch.')} {tuple(key_padding_mask.shape)}"
+            )
+        mask = mask & key_padding_mask.to(device).view(-1, 1, 1, S)  # (B, 1, T, S)
+    return mask
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"attention: {name} must be (B, H, T, D), got shape {tuple(t.shape)}")
+    B, Hq, T, D = q.shape
+    _, Hkv, S, _ = k.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"attention: batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[3] != D:
+        raise ValueError(f"attention: q and k head sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if v.shape[1:3] != k.shape[1:3]:
+        raise ValueError(f"attention: k and v differ in heads or length: k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"attention: the {Hkv} key/value heads must divide the {Hq} query heads")
+    return B, Hq, Hkv, T, S, D
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    window: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention with grouped-query heads. q (B, Hq, T, D); k (B, Hkv, S, D); v (B, Hkv, S, Dv) -> (B, Hq, T, Dv).
+
+    ``scale`` defaults to ``1 / sqrt(D)``. ``dropout_p`` > 0 drops attention
+    probabilities (and rescales the rest by ``1 / (1 - p)``); layers pass it only
+    while training.
+    """
+    B, Hq, Hkv, T, S, D = _check_shapes(q, k, v)
+    G = Hq // Hkv  # query heads per key/value head
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # scores and softmax in fp32 at least
+
+    qg = q.to(acc).view(B, Hkv, G, T, D)  # (B, Hkv, G, T, D): the G query heads that share a kv head
+    kg = k.to(acc).unsqueeze(2)  # (B, Hkv, 1, S, D): broadcast over G, not copied
+    vg = v.to(acc).unsqueeze(2)  # (B, Hkv, 1, S, Dv)
+
+    scores = (qg @ kg.transpose(-1, -2)) * scale  # (B, Hkv, G, T, S)
+    mask = build_mask(T, S, causal, window, key_padding_mask, q.device).unsqueeze(1)  # (B or 1, 1, 1, T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+
+    # A safe softmax that also handles rows with no visible key: subtract the row max
+    # (0 for an all-masked row), exponentiate (masked keys give exp(-inf) = 0) and
+    # divide by the row sum, or by 1 where the sum is 0, so such rows are all zeros.
+    m = scores.amax(dim=-1, keepdim=True).detach()  # (B, Hkv, G, T, 1); softmax does not depend on it
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(scores - m)  # (B, Hkv, G, T, S)
+    l = p.sum(dim=-1, keepdim=True)  # (B, Hkv, G, T, 1)
+    p = p / torch.where(l > 0, l, torch.ones_like(l))
+    if dropout_p > 0.0:
+        p = torch.nn.functional.dropout(p, p=dropout_p, training=True)
+
+    out = p @ vg  # (B, Hkv, G, T, Dv)
+    return out.reshape(B, Hq, T, v.shape[-1]).to(q.dtype)  # (B, Hq, T, Dv)

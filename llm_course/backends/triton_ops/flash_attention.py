@@ -1,0 +1,360 @@
+"""FlashAttention in Triton: attention that never builds the T x S score matrix.
+
+Naive attention computes ``P = softmax(Q K^T * scale)`` as a (T, S) matrix per
+head, writes it to memory, and reads it back to compute ``O = P V``: memory
+grows as T * S. FlashAttention (Dao et al., 2022; FlashAttention-2, Dao 2023)
+cuts the keys into blocks and keeps, for each query row, a *running* softmax
+(notebook 02a derives it):
+
+    m   running max of the scores seen so far                 (BLOCK_M,)
+    l   running sum of exp(score - m)                         (BLOCK_M,)
+    acc running sum of exp(score - m) * v                     (BLOCK_M, D)
+
+When a new block raises the max from m to m', everything accumulated so far is
+rescaled by ``alpha = exp(m - m')``. At the end ``O = acc / l`` and the
+log-sum-exp ``lse = m + log(l)`` is saved: it is all the backward needs to
+recompute P block by block (``flash_attention_bwd.py``).
+
+This file has the three layers of every kernel in the course:
+
+1. ``_flash_fwd_kernel``: one program computes BLOCK_M query rows of one head;
+2. ``flash_attention_forward``: the launcher, which checks its inputs;
+3. ``FlashAttention`` (a ``torch.autograd.Function``) and ``attention``, the
+   function registered as backend "triton" of ``llm_course.ops.attention``.
+
+What makes it fast (Triton's fused-attention tutorial does the same):
+
+* the exponentials use ``exp2``, with log2(e) folded into the scale;
+* key blocks that need no mask (the bulk of them) run in a loop without any
+  masking; only the few blocks on the causal diagonal, at the window's edge or
+  at the ragged end of the keys run the masked loop;
+* key blocks that are masked out entirely (above the causal diagonal, before
+  the window) are never visited: causal attention does half the work;
+* grouped-query attention reads the shared K/V head directly: query head h uses
+  kv head ``h // (Hq // Hkv)``, nothing is repeated or copied;
+* block sizes, warps and pipeline stages are autotuned on a GPU.
+
+Conventions (the contract of ``llm_course.ops.attention``): q (B, Hq, T, D);
+k, v (B, Hkv, S, D); query i sees key j when
+
+    j <= i + (S - T)                  if causal (aligned to the end of the keys)
+    j >  i + (S - T) - window         if a window is given
+    key_padding_mask[b, j] is True    if a padding mask is given
+
+A query row that sees no key at all gets output 0 and lse = -inf.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llm_course.device import configure_triton
+
+configure_triton()
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from llm_course.backends.triton_ops._checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.device import autotune_configs  # noqa: E402
+
+OP = "flash_attention"
+HEAD_DIMS = (16, 32, 64, 128)  # powers of two the kernels are built for
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
+LN2 = 0.6931471805599453  # ln(2):   log(x) = log2(x) * ln(2)
+
+
+def seq_bucket(n: int) -> int:
+    """Autotuning is keyed on sequence lengths rounded up to a power of two (fewer re-tunings)."""
+    return triton.next_power_of_2(max(int(n), 16))
+
+
+# --- 1. the kernel -----------------------------------------------------------------------
+
+
+@triton.jit
+def _key_range(m0, T, S, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Which key blocks the query rows [m0, m0 + BLOCK_M) must visit, cut into three ranges.
+
+    Returns ``lo <= mid_lo <= mid_hi <= hi``, all multiples of BLOCK_N:
+    [lo, mid_lo) and [mid_hi, hi) hold blocks that need a mask (window edge; causal
+    diagonal and the ragged end of the keys); [mid_lo, mid_hi) holds blocks every
+    row of this query block sees entirely, which run without a mask.
+    """
+    off = S - T  # causal alignment: query i sees keys j <= i + off
+    row_end = tl.minimum(m0 + BLOCK_M, T)  # one past the last real query row
+    lo = 0
+    hi = S
+    full_lo = 0
+    full_hi = S
+    if CAUSAL:
+        hi = tl.minimum(hi, row_end + off)  # the last row sees keys < row_end + off
+        full_hi = tl.minimum(hi, m0 + off + 1)  # the first row sees keys < m0 + off + 1
+    if HAS_WINDOW:
+        lo = tl.maximum(m0 + off - window + 1, 0)  # the first row's oldest key
+        full_lo = row_end + off - window  # the last row's oldest key
+    # round outwards to whole blocks for [lo, hi), inwards for the unmasked middle
+    hi = tl.cdiv(tl.maximum(hi, 0), BLOCK_N) * BLOCK_N
+    lo = tl.minimum((lo // BLOCK_N) * BLOCK_N, hi)
+    mid_lo = tl.cdiv(tl.maximum(full_lo, 0), BLOCK_N) * BLOCK_N
+    mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
+    mid_hi = (tl.maximum(full_hi, 0) // BLOCK_N) * BLOCK_N
+    mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
+                start, stop, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr):
+    """The online-softmax update over the key blocks [start, stop).
+
+    q (BLOCK_M, D); acc (BLOCK_M, D), l_i and m_i (BLOCK_M,) in float32; scores are
+    kept in base 2 (already multiplied by scale * log2(e)).
+    """
+    off = S - T
+    k_ptrs += start * stride_ks
+    v_ptrs += start * stride_vs
+    for start_n in range(start, stop, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + offs_n_base  # (BLOCK_N,) key positions
+        if MASKED:  # the ragged end of the keys: don't read past S
+            k = tl.load(k_ptrs, mask=(offs_n < S)[:, None], other=0.0)  # (BLOCK_N, D)
+        else:
+            k = tl.load(k_ptrs)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N) scores, base 2
+        if MASKED:
+            keep = (offs_n < S)[None, :]
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None] + off)
+            if HAS_WINDOW:
+                keep = keep & (offs_n[None, :] > offs_m[:, None] + off - window)
+            s = tl.where(keep, s, float("-inf"))
+        if HAS_PAD:
+            real = tl.load(pad_ptrs + offs_n * stride_ps, mask=offs_n < S, other=0) != 0
+            s = tl.where(real[None, :], s, float("-inf"))
+        # online softmax: new running max, then rescale what was accumulated so far
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row that has seen no key yet has m = -inf; subtract 0 instead (exp2(-inf) = 0, no NaN)
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_sub[:, None])  # (BLOCK_M, BLOCK_N)
+        alpha = tl.exp2(m_i - m_sub)  # (BLOCK_M,) rescale factor for the old sums
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=(offs_n < S)[:, None], other=0.0)  # (BLOCK_N, D)
+        else:
+            v = tl.load(v_ptrs)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)  # P in the input dtype, accumulated in fp32
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_ks
+        v_ptrs += BLOCK_N * stride_vs
+    return acc, l_i, m_i
+
+
+_FWD_CONFIGS = autotune_configs(
+    [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4),
+            (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4),
+        ]
+    ],  # fmt: skip
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+)
+
+
+@triton.autotune(
+    configs=_FWD_CONFIGS,
+    key=["T_BUCKET", "S_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_PAD"],
+)
+@triton.jit
+def _flash_fwd_kernel(
+    Q, K, V, O, LSE, PAD,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_pb, stride_ps,
+    n_heads, T, S, qk_scale, window,
+    T_BUCKET, S_BUCKET,  # only for the autotuning key
+    GROUP: tl.constexpr,  # query heads per kv head (Hq // Hkv)
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
+):  # fmt: skip
+    """One program: query rows [m0, m0 + BLOCK_M) of one (batch, query head).
+
+    Writes O (B, Hq, T, D) and LSE (B, Hq, T) in float32 (natural log).
+    """
+    # the longest causal rows come last in a head: start with them so that no
+    # long program is left running alone at the end
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    h_kv = h // GROUP  # grouped-query attention: the kv head this query head shares
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions
+    offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,) key offsets within a block
+    offs_d = tl.arange(0, HEAD_DIM)
+
+    # 64-bit offsets: B * H * T * D can exceed 2**31 at long sequence lengths
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    q_ptrs = q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd  # (BLOCK_M, D)
+    k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd  # (BLOCK_N, D)
+    v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd  # (BLOCK_N, D)
+    pad_ptrs = PAD + b.to(tl.int64) * stride_pb  # (S,) row of the padding mask (unused without one)
+
+    row_ok = offs_m < T
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # stays in registers for the whole loop
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    lo, mid_lo, mid_hi, hi = _key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    if HAS_WINDOW:  # stage 1: blocks cut by the window's lower edge
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                    lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                    BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD)  # fmt: skip
+    # stage 2: blocks every row sees entirely -- no mask, the fast path
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                mid_lo, mid_hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_PAD)  # fmt: skip
+    # stage 3: the causal diagonal and the ragged end of the keys
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                mid_hi, hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD)  # fmt: skip
+
+    # epilogue: O = acc / l; a row that saw no key has l = 0: output 0, lse = -inf
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # base 2 -> natural log
+
+    o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, lse, mask=row_ok)
+
+
+# --- 2. the launcher -----------------------------------------------------------------------
+
+
+def check_attention_inputs(q, k, v, *, scale=None, window=None, key_padding_mask=None, op: str = OP) -> None:
+    """Refuse, with a clear error, every input the kernels cannot handle."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(op, name, t, ndim=4, dtypes=(torch.float32, torch.float16, torch.bfloat16))
+    check_same_device(op, q=q, k=k, v=v, key_padding_mask=key_padding_mask)
+    check_same_dtype(op, q=q, k=k, v=v)
+    B, Hq, T, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    Bk, Hkv, S, Dk = k.shape
+    if Bk != B or Dk != D:
+        raise ValueError(
+            f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch and head dim "
+            "(q is (B, Hq, T, D), k and v are (B, Hkv, S, D))"
+        )
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"{op}: the number of kv heads ({Hkv}) must divide the number of query heads ({Hq})")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"{op}: head dim {D} is not supported; supported head dims: {', '.join(map(str, HEAD_DIMS))}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"{op}: scale must be a finite number or None, got {scale!r}")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+        raise ValueError(f"{op}: window must be a positive int or None, got {window!r}")
+    if key_padding_mask is not None:
+        m = key_padding_mask
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (B, S):
+            got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape (B, S) = ({B}, {S}), got {got}")
+
+
+def flash_attention_forward(q, k, v, *, causal=True, scale=None, window=None, key_padding_mask=None):
+    """Run the forward kernel. Returns ``(o, lse)``: o (B, Hq, T, D) like q, lse (B, Hq, T) float32.
+
+    Inputs may be any strided views (no copy is made); checked by :func:`check_attention_inputs`.
+    """
+    check_attention_inputs(q, k, v, scale=scale, window=window, key_padding_mask=key_padding_mask)
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    o = torch.empty((B, Hq, T, D), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, Hq, T), device=q.device, dtype=torch.float32)
+    if o.numel() == 0:
+        return o, lse.fill_(float("-inf"))
+    pad = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else lse  # lse: a dummy pointer
+    pad_strides = pad.stride() if key_padding_mask is not None else (0, 0)
+
+    def grid(meta):
+        return (triton.cdiv(T, meta["BLOCK_M"]), B * Hq)
+
+    _flash_fwd_kernel[grid](
+        q, k, v, o, lse, pad,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *pad_strides,
+        Hq, T, S, scale * LOG2E, window or 0,
+        seq_bucket(T), seq_bucket(S),
+        GROUP=Hq // Hkv, HEAD_DIM=D,
+        CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_PAD=key_padding_mask is not None,
+    )  # fmt: skip
+    return o, lse
+
+
+# --- 3. autograd and the registered op ----------------------------------------------------
+
+
+class FlashAttention(torch.autograd.Function):
+    """Forward: the kernel above. Backward: the kernels of ``flash_attention_bwd.py``.
+
+    Saved for the backward: q, k, v, o and the (B, Hq, T) float32 lse -- O(T) memory
+    per head, never the (T, S) probabilities.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, window, key_padding_mask):
+        o, lse = flash_attention_forward(q, k, v, causal=causal, scale=scale, window=window,
+                                         key_padding_mask=key_padding_mask)  # fmt: skip
+        ctx.save_for_backward(q, k, v, o, lse, key_padding_mask)
+        ctx.causal, ctx.scale, ctx.window = causal, scale, window
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward
+
+        q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
+        dq, dk, dv = flash_attention_backward(
+            q, k, v, o, lse, do, causal=ctx.causal, scale=ctx.scale, window=ctx.window,
+            key_padding_mask=key_padding_mask,
+        )  # fmt: skip
+        return dq, dk, dv, None, None, None, None
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    window: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Backend "triton" of ``llm_course.ops.attention``: q (B, Hq, T, D); k, v (B, Hkv, S, D) -> (B, Hq, T, D).
+
+    Differentiable (dQ, dK, dV in Triton). Dropout is not implemented in the kernel.
+    """
+    if dropout_p:
+        raise NotImplementedError(f"{OP}: dropout_p={dropout_p} is not supported by the Triton kernel; use the torch backend")
+    check_attention_inputs(q, k, v, scale=scale, window=window, key_padding_mask=key_padding_mask)
+    return FlashAttention.apply(q, k, v, bool(causal), scale, window, key_padding_mask)
