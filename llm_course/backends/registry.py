@@ -52,6 +52,9 @@ _REGISTRY: dict[str, dict[str, str]] = {
 # op name -> "topic:function" of the graded exercise that implements it (for "exercises")
 _EXERCISES: dict[str, str] = {}
 _EXERCISES["matmul"] = "stage1_kernels/matmul:matmul"
+_EXERCISES["add"] = "stage1_kernels/add:add"
+_EXERCISES["softmax"] = "stage1_kernels/softmax:softmax"
+_EXERCISES["rms_norm"] = "stage1_kernels/rmsnorm:rms_norm"
 
 _global_backend: str | None = None
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("llm_course_backend", default=None)

@@ -124,6 +124,27 @@ def require_written(*kernels) -> None:
             raise NotImplementedError(f"the kernel {name} is not written yet")
 
 
+def unwritten_kernels(fn: Callable) -> list[str]:
+    """Names of the stub kernels that ``fn`` passes to :func:`require_written` (read from its source).
+
+    Lets :func:`exercise` see that a given launcher is not usable yet without calling it.
+    """
+    fn = inspect.unwrap(fn)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    names = [
+        arg.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "require_written"
+        for arg in node.args
+        if isinstance(arg, ast.Name)
+    ]
+    scope = getattr(fn, "__globals__", {})
+    return [n for n in names if n in scope and is_stub(scope[n])]
+
+
 def exercise(ref: str, reference: Callable, impl: str | os.PathLike | None = None) -> Callable:
     """The learner's ``topic:function`` if written, else ``reference``; prints which one is used.
 
@@ -137,7 +158,7 @@ def exercise(ref: str, reference: Callable, impl: str | os.PathLike | None = Non
     except Exception as exc:  # a syntax error in the learner's file must not stop the notebook
         print(f"[exercise {ref}: could not be loaded ({type(exc).__name__}: {exc}); using the reference]")
         return reference
-    if is_stub(fn):
+    if is_stub(fn) or unwritten_kernels(fn):
         print(f"[exercise {ref}: not done yet; using the reference]")
         return reference
     print(f"[exercise {ref}: using your implementation]")

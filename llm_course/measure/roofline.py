@@ -53,12 +53,12 @@ class Ceilings:
     @classmethod
     def from_peak(cls, peak: Peak, dtype: str = "bf16") -> "Ceilings":
         """The datasheet roofs of a :class:`Peak` (``measured=False``)."""
-        return cls(f"{peak.name} datasheet", peak.bandwidth_gbs, peak.tflops(dtype), dtype, measured=False)
+        return cls(peak.name, peak.bandwidth_gbs, peak.tflops(dtype), dtype, measured=False)
 
     def __str__(self) -> str:
         kind = "measured" if self.measured else "datasheet"
         return (
-            f"{self.name}: {self.bandwidth_gbs:,.0f} GB/s, {self.flops_tflops:,.2f} TFLOP/s {self.dtype} "
+            f"{self.name}: {self.bandwidth_gbs:,.0f} GB/s, {self.flops_tflops:,.4g} TFLOP/s {self.dtype} "
             f"({kind}); ridge at {self.ridge_point:.1f} FLOP/byte"
         )
 
@@ -145,7 +145,9 @@ def measure_bandwidth(
     """Memory bandwidth in GB/s: bytes read plus bytes written by a copy of ``nbytes`` bytes.
 
     The buffers must be much larger than the caches. Default size: 1 GiB on a
-    GPU, 64 MiB on the CPU.
+    GPU, 64 MiB on the CPU. A ceiling is the best the machine can do, so this
+    uses the fastest run rather than the median (on a GPU they differ by about 1%;
+    on a busy CPU by much more).
     """
     dev = torch.device(device) if device is not None else get_device()
     if nbytes is None:
@@ -154,7 +156,7 @@ def measure_bandwidth(
     src = torch.ones(n, dtype=torch.float32, device=dev)
     dst = torch.empty_like(src)
     t = benchmark(dst.copy_, [(src,)], warmup=warmup, reps=reps, device=dev)
-    return 2 * n * 4 / t.seconds / 1e9
+    return 2 * n * 4 / (t.min_ms / 1e3) / 1e9  # a ceiling: the fastest run
 
 
 def measure_matmul(
@@ -168,7 +170,8 @@ def measure_matmul(
     """Matmul speed in TFLOP/s of an (n, n) @ (n, n) product (torch, so cuBLAS on a GPU).
 
     Defaults: n=8192 in bfloat16 on a GPU (large enough to reach the tensor
-    cores' plateau), n=1024 in float32 on the CPU.
+    cores' plateau), n=1024 in float32 on the CPU. Like :func:`measure_bandwidth`,
+    it reports the fastest run.
     """
     dev = torch.device(device) if device is not None else get_device()
     if dtype is None:
@@ -179,7 +182,7 @@ def measure_matmul(
     a = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
     t = benchmark(torch.matmul, [(a, b)], warmup=warmup, reps=reps, device=dev)
-    return matmul_flops(n, n, n) / t.seconds / 1e12
+    return matmul_flops(n, n, n) / (t.min_ms / 1e3) / 1e12  # a ceiling: the fastest run
 
 
 _SHORT_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
@@ -237,33 +240,49 @@ def plot_roofline(
 
     xs = [r.ridge_point for r in roofs] + [p.intensity for p in points]
     lo, hi = min(xs) / 10, max(xs) * 10
-    x = np.geomspace(lo, hi, 400)
-    for roof, style in zip(roofs, ("-", "--")):
-        kind = "measured" if roof.measured else "datasheet"
-        label = f"{roof.name} ({kind}): {roof.bandwidth_gbs:,.0f} GB/s, {roof.flops_tflops:,.1f} TFLOP/s {roof.dtype}"
-        (line,) = ax.plot(x, attainable(x, roof.flops_tflops, roof.bandwidth_gbs), style, lw=2, label=label)
-        r = roof.ridge_point
-        ax.plot([r], [roof.flops_tflops], "o", color=line.get_color(), ms=5)
-        ax.annotate(
-            f"ridge {r:.3g} FLOP/B", (r, roof.flops_tflops), xytext=(6, -14), textcoords="offset points",
-            fontsize=8, color=line.get_color(),
-        )  # fmt: skip
-
-    ys = [r.flops_tflops for r in roofs]
-    markers = "sD^vP*X<>p"
-    for i, p in enumerate(points):
-        ax.plot([p.intensity], [p.tflops], markers[i % len(markers)], ms=7, color=f"C{(i + 2) % 10}")
-        ax.annotate(p.name, (p.intensity, p.tflops), xytext=(5, 4), textcoords="offset points", fontsize=8)
-        ys.append(p.tflops)
+    ys = [r.flops_tflops for r in roofs] + [p.tflops for p in points]
     y_lo = min(min(ys), min(attainable(lo, r.flops_tflops, r.bandwidth_gbs) for r in roofs)) / 3
+    y_hi = max(ys) * 3
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
-    ax.set_ylim(y_lo, max(ys) * 3)
+    ax.set_ylim(y_lo, y_hi)
     ax.set_xlabel("arithmetic intensity (FLOP/byte)")
     ax.set_ylabel("TFLOP/s")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or f"Roofline: {ceilings.name}")
+    fig.tight_layout()
+    box = ax.get_position()
+    x_per_pt = np.log10(hi / lo) / (box.width * fig.get_figwidth() * 72)  # decades per typographic point
+    y_per_pt = np.log10(y_hi / y_lo) / (box.height * fig.get_figheight() * 72)
+    placed: list[tuple[float, float, float]] = []  # (left x, y, width) of each label so far, in decades
+
+    x = np.geomspace(lo, hi, 400)
+    for roof, style, (dx, dy) in zip(roofs, ("-", "--"), ((6, -14), (-6, 6))):
+        kind = "measured" if roof.measured else "datasheet"
+        label = f"{roof.name} ({kind}): {roof.bandwidth_gbs:,.0f} GB/s, {roof.flops_tflops:,.4g} TFLOP/s {roof.dtype}"
+        (line,) = ax.plot(x, attainable(x, roof.flops_tflops, roof.bandwidth_gbs), style, lw=2, label=label)
+        r = roof.ridge_point
+        ax.plot([r], [roof.flops_tflops], "o", color=line.get_color(), ms=5)
+        text = f"ridge {r:.3g} FLOP/B"
+        ax.annotate(text, (r, roof.flops_tflops), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                    color=line.get_color(), ha="left" if dx > 0 else "right")  # fmt: skip
+        width = 4.8 * len(text) * x_per_pt  # about 4.8 points a character at font size 8
+        left = np.log10(r) + dx * x_per_pt - (width if dx < 0 else 0)
+        placed.append((left, np.log10(roof.flops_tflops) + dy * y_per_pt, width))
+
+    # Each point's label goes right of its dot, moved down a line while it would overlap an earlier one.
+    markers = "sD^vP*X<>p"
+    for i, p in enumerate(points):
+        ax.plot([p.intensity], [p.tflops], markers[i % len(markers)], ms=7, color=f"C{(i + 2) % 10}")
+        lx, ly = np.log10(p.intensity) + 6 * x_per_pt, np.log10(p.tflops) + 4 * y_per_pt
+        width = 4.8 * len(p.name) * x_per_pt
+        shift = 0
+        while any(lx < px + pw and px < lx + width and abs(ly - py) < 10 * y_per_pt for px, py, pw in placed):
+            ly -= 11 * y_per_pt
+            shift += 11
+        placed.append((lx, ly, width))
+        ax.annotate(p.name, (p.intensity, p.tflops), xytext=(6, 4 - shift), textcoords="offset points", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig

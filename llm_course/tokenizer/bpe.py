@@ -206,7 +206,9 @@ class ByteBPE:
         """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``; returns ``self``."""
         num_merges = vocab_size - 256 - len(special_tokens)
         if num_merges < 0:
-            raise ValueError(f"vocab_size must be at least 256 + {len(special_tokens)} special tokens, got {vocab_size}")
+            raise ValueError(
+                f"vocab_size must be at least 256 + {len(special_tokens)} special tokens, got {vocab_size}"
+            )
         self.merges = train_merges(text, num_merges, self._split_re, verbose=verbose)
         self.vocab = build_vocab(self.merges)
         self._set_special_tokens(special_tokens)
@@ -253,4 +255,5 @@ class ByteBPE:
         return self.vocab[i]
 
     def __repr__(self) -> str:
-        return f"ByteBPE(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={list(self.special_tokens)})"
+        specials = list(self.special_tokens)
+        return f"ByteBPE(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={specials})"

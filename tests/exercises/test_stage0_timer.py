@@ -56,12 +56,12 @@ def _check(got: float, gpu: SimulatedGPU, warmup: int, reps: int) -> None:
             raise AssertionError("report the median of the timed calls, not the mean: a few slow runs pull the mean up")
         if _close(got, min(timed)):
             raise AssertionError("report the median of the timed calls, not the fastest one")
-        raise AssertionError(
-            f"time_gpu should return the median of the {reps} timed calls, {want:.4f} ms here (got {got:.4f} ms)"
-        )
     assert gpu.calls == warmup + reps, (
         f"fn should be called warmup + reps times, {warmup} untimed then {reps} timed, "
         f"{warmup + reps} in all (it was called {gpu.calls} times)"
+    )
+    assert _close(got, want), (
+        f"time_gpu should return the median of the {reps} timed calls, {want:.4f} ms here (got {got:.4f} ms)"
     )
 
 

@@ -136,3 +136,28 @@ def attention(
 
     out = p @ vg  # (B, Hkv, G, T, Dv)
     return out.reshape(B, Hq, T, v.shape[-1]).to(q.dtype)  # (B, Hq, T, Dv)
+
+
+# --- The online softmax: the softmax FlashAttention is built on -------------------------------
+#
+# The softmax of a row needs its max and its sum of exponentials. Both can be
+# gathered in one pass over blocks of the row, keeping a running max m and a
+# running sum l = sum(exp(x - m)), and rescaling l whenever m grows:
+#     m_new = max(m, max(block));  l_new = l * exp(m - m_new) + sum(exp(block - m_new))
+# At the end softmax(x) = exp(x - m) / l and logsumexp(x) = m + log(l).
+
+
+def online_softmax_step(m: torch.Tensor, l: torch.Tensor, x_block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold one block into the running max and sum. m, l (...); x_block (..., b) -> (m_new, l_new), each (...)."""
+    m_new = torch.maximum(m, x_block.amax(dim=-1))  # (...)
+    l_new = l * torch.exp(m - m_new) + torch.exp(x_block - m_new[..., None]).sum(dim=-1)
+    return m_new, l_new
+
+
+def online_softmax(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last dim, its statistics gathered block by block. x (..., N) -> probs (..., N), lse (...)."""
+    m = torch.full(x.shape[:-1], float("-inf"), dtype=x.dtype, device=x.device)  # (...)
+    l = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    for j in range(0, x.shape[-1], block):
+        m, l = online_softmax_step(m, l, x[..., j : j + block])
+    return torch.exp(x - m[..., None]) / l[..., None], m + torch.log(l)

@@ -1,0 +1,197 @@
+"""LayerNorm forward and backward in Triton: RMSNorm's structure, plus a mean and a bias.
+
+    y = (x - mean) * rstd * weight + bias,   rstd = 1 / sqrt(var + eps)    per row of x (M, N)
+
+(GPT-2 uses it; ``var`` is the biased variance, mean((x - mean)**2), as in torch.)
+
+Forward: one program per row, whole row in registers; saves ``mean`` and
+``rstd`` (M,) in float32. Backward, with ``x_hat = (x - mean) * rstd`` and
+``g = dy * weight``:
+
+    dx      = rstd * (g - x_hat * mean(g * x_hat) - mean(g))     per row
+    dweight = sum over rows of dy * x_hat
+    dbias   = sum over rows of dy
+
+The two extra terms of dx come from every x_i also moving the row's mean and
+variance. dweight and dbias are reduced like RMSNorm's dweight
+(``rmsnorm.py``): each program loops over a block of rows and writes partial
+sums, one row of a (num_programs, N) float32 buffer each, summed at the end.
+
+``bias`` may be None (``HAS_BIAS`` is then False and the kernel skips it: a
+constexpr makes it a different compiled kernel, with no runtime branch).
+Dtypes and row lengths as in ``rmsnorm.py``.
+"""
+
+from __future__ import annotations
+
+from llm_course.device import configure_triton
+
+configure_triton()
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from llm_course.backends.triton_ops._checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.rmsnorm import MAX_FUSED_SIZE, as_rows, backward_programs  # noqa: E402
+
+OP = "layer_norm"
+
+
+def block_config(n_cols: int) -> tuple[int, int]:
+    """(BLOCK_SIZE, num_warps): the same heuristic as RMSNorm's."""
+    block = triton.next_power_of_2(n_cols)
+    if block > MAX_FUSED_SIZE:
+        raise ValueError(f"{OP}: rows of {n_cols} elements are too long (at most {MAX_FUSED_SIZE})")
+    return block, 16 if block >= 8192 else 8 if block >= 4096 else 4
+
+
+# --- kernels -----------------------------------------------------------------------------
+
+
+@triton.jit
+def layernorm_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
+    HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):  # fmt: skip
+    """One program = one row. x, y (M, N); w, b (N,); mean, rstd (M,) float32."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_SIZE)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / n_cols
+    xm = tl.where(mask, x - mean, 0.0)  # the padding must stay 0 in the variance
+    rstd = tl.rsqrt(tl.sum(xm * xm, axis=0) / n_cols + eps)
+    tl.store(mean_ptr + row, mean)
+    tl.store(rstd_ptr + row, rstd)
+    y = xm * rstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * y_row_stride + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def layernorm_bwd_kernel(
+    dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, db_partial_ptr,
+    dy_row_stride, x_row_stride, dx_row_stride, n_rows, n_cols, rows_per_program,
+    HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):  # fmt: skip
+    """Program p: dx for its block of rows, and their partial dweight (and dbias) -> row p of the buffers."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_SIZE)
+    mask = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_SIZE,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_SIZE,), dtype=tl.float32)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    dy_ptr += row_start * dy_row_stride
+    x_ptr += row_start * x_row_stride
+    dx_ptr += row_start * dx_row_stride
+    for row in range(row_start, row_end):
+        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + row)
+        rstd = tl.load(rstd_ptr + row)
+        x_hat = tl.where(mask, (x - mean) * rstd, 0.0)
+        g = dy * w  # 0 in the padding
+        c1 = tl.sum(g * x_hat, axis=0) / n_cols
+        c2 = tl.sum(g, axis=0) / n_cols
+        dx = rstd * (g - x_hat * c1 - c2)
+        tl.store(dx_ptr + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dw += dy * x_hat
+        if HAS_BIAS:
+            db += dy
+        dy_ptr += dy_row_stride
+        x_ptr += x_row_stride
+        dx_ptr += dx_row_stride
+    tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=mask)
+    if HAS_BIAS:
+        tl.store(db_partial_ptr + pid * n_cols + cols, db, mask=mask)
+
+
+# --- launchers ---------------------------------------------------------------------------
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    check_tensor(OP, "x", x)
+    check_tensor(OP, "weight", weight, ndim=1)
+    check_same_device(OP, x=x, weight=weight, bias=bias)
+    n = x.shape[-1] if x.dim() else None
+    if weight.shape[0] != n:
+        raise ValueError(f"{OP}: weight has shape {tuple(weight.shape)} but x has shape {tuple(x.shape)}; "
+                         "weight's length must be x's last dimension")  # fmt: skip
+    if bias is not None:
+        check_tensor(OP, "bias", bias, ndim=1)
+        if bias.shape[0] != n:
+            raise ValueError(f"{OP}: bias has shape {tuple(bias.shape)} but x has shape {tuple(x.shape)}; "
+                             "bias's length must be x's last dimension")  # fmt: skip
+
+
+def layernorm_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (M, N), weight and bias (N,) -> y (M, N) in x's dtype, mean (M,), rstd (M,) float32."""
+    _check(x, weight, bias)
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    mean = torch.zeros(M, dtype=torch.float32, device=x.device)
+    rstd = torch.full((M,), 1.0 / eps**0.5, dtype=torch.float32, device=x.device)
+    if M == 0 or N == 0:
+        return y, mean, rstd
+    block, num_warps = block_config(N)
+    w = weight.contiguous()
+    layernorm_fwd_kernel[(M,)](
+        x, w, bias.contiguous() if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, eps,
+        HAS_BIAS=bias is not None, BLOCK_SIZE=block, num_warps=num_warps,
+    )  # fmt: skip
+    return y, mean, rstd
+
+
+def layernorm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """dy, x (M, N); weight, bias (N,) or None; mean, rstd (M,) -> dx (M, N), dweight (N,), dbias (N,) or None."""
+    check_tensor(OP, "dy", dy)
+    has_bias = bias is not None
+    if dy.shape != x.shape:
+        raise ValueError(f"{OP}: dy has shape {tuple(dy.shape)}, expected {tuple(x.shape)}")
+    M, N = x.shape
+    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return dx, torch.zeros_like(weight), torch.zeros_like(bias) if has_bias else None
+    block, num_warps = block_config(N)
+    programs = backward_programs(M, num_warps, x.device)
+    rows_per_program = triton.cdiv(M, programs)
+    programs = triton.cdiv(M, rows_per_program)
+    dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
+    db_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else dw_partial
+    layernorm_bwd_kernel[(programs,)](
+        dy, x, weight.contiguous(), mean, rstd, dx, dw_partial, db_partial,
+        dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program,
+        HAS_BIAS=has_bias, BLOCK_SIZE=block, num_warps=num_warps,
+    )  # fmt: skip
+    dw = dw_partial.sum(dim=0).to(weight.dtype)
+    db = db_partial.sum(dim=0).to(bias.dtype) if has_bias else None
+    return dx, dw, db
+
+
+class LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        _check(x, weight, bias)
+        x2 = as_rows(x)  # (M, N)
+        y, mean, rstd = layernorm_forward(x2, weight, bias, eps)
+        ctx.save_for_backward(x2, weight, bias, mean, rstd)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, bias, mean, rstd = ctx.saved_tensors
+        dx, dw, db = layernorm_backward(as_rows(dy), x2, weight, bias, mean, rstd)
+        return dx.view(dy.shape), dw, db, None
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm over the last dim with the Triton kernels; differentiable. x (..., N), weight, bias (N,) or None."""
+    return LayerNormFunction.apply(x, weight, bias, eps)

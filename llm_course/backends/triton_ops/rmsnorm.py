@@ -1,0 +1,187 @@
+"""RMSNorm forward and backward in Triton (the Liger-Kernel / Triton-tutorial structure).
+
+    y = x * rstd * weight,     rstd = 1 / sqrt(mean(x**2) + eps)     per row of x (M, N)
+
+Forward: one program per row, the whole row in registers. It reads x once,
+writes y once, and also writes ``rstd`` (M,) in float32 -- 4 bytes a row --
+so that the backward does not recompute it.
+
+Backward, with ``x_hat = x * rstd`` and ``g = dy * weight``:
+
+    dx      = rstd * (g - x_hat * mean(g * x_hat))      per row: like the forward
+    dweight = sum over the M rows of dy * x_hat         a reduction over rows
+
+dweight sums over *rows*, which are spread over programs. Rather than having M
+programs fight over one (N,) buffer with atomics, the backward launches about
+as many programs as the GPU runs at once; each one loops over its own block of
+rows, keeps a partial dweight in float32 registers, and writes it as one row of
+a (num_programs, N) buffer. A final ``.sum(0)`` over that small buffer gives
+dweight. The weight is loaded once per program, not once per row.
+
+Dtypes: x float32, float16 or bfloat16 (GPU only); weight any of those; y and
+dx in x's dtype, dweight in weight's; statistics and sums in float32. float64
+is refused. Rows up to ``MAX_FUSED_SIZE`` elements (a row must fit in
+registers); x of any leading shape is seen as (M, N) rows.
+"""
+
+from __future__ import annotations
+
+from llm_course.device import configure_triton, is_interpreter
+
+configure_triton()
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from llm_course.backends.triton_ops._checks import check_same_device, check_tensor  # noqa: E402
+
+OP = "rms_norm"
+MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers
+
+
+def block_config(n_cols: int) -> tuple[int, int]:
+    """(BLOCK_SIZE, num_warps) for rows of ``n_cols``: a power of two >= n_cols; 8-16 values per thread."""
+    block = triton.next_power_of_2(n_cols)
+    if block > MAX_FUSED_SIZE:
+        raise ValueError(f"{OP}: rows of {n_cols} elements are too long (at most {MAX_FUSED_SIZE})")
+    num_warps = 16 if block >= 8192 else 8 if block >= 4096 else 4
+    return block, num_warps
+
+
+def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
+    """How many programs the backward launches: enough to fill the GPU, each looping over rows.
+
+    About 16 warps per SM: 2 programs of 8 warps, 4 of 4, 1 of 16. Fewer in the
+    interpreter, where programs run one after another anyway.
+    """
+    if is_interpreter() or device.type != "cuda":
+        return max(1, min(n_rows, 4))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(n_rows, sms * max(1, 16 // num_warps)))
+
+
+# --- kernels -----------------------------------------------------------------------------
+
+
+@triton.jit
+def rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK_SIZE: tl.constexpr):
+    """One program = one row. x, y (M, N) rows with stride 1 along N; w (N,); rstd (M,) float32."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_SIZE)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)  # padding is 0: adds nothing to the sum
+    tl.store(rstd_ptr + row, rstd)
+    tl.store(y_ptr + row * y_row_stride + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rmsnorm_bwd_kernel(
+    dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr,
+    dy_row_stride, x_row_stride, dx_row_stride,
+    n_rows, n_cols, rows_per_program, BLOCK_SIZE: tl.constexpr,
+):  # fmt: skip
+    """Program p: dx for rows [p * rows_per_program, ...) and their partial dweight -> dw_partial[p, :]."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_SIZE)
+    mask = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_SIZE,), dtype=tl.float32)  # this program's partial dweight
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    dy_ptr += row_start * dy_row_stride  # pointers to the first row, moved one row on each iteration
+    x_ptr += row_start * x_row_stride
+    dx_ptr += row_start * dx_row_stride
+    for row in range(row_start, row_end):
+        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + row)
+        x_hat = x * rstd
+        g = dy * w
+        dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=0) / n_cols))
+        tl.store(dx_ptr + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dw += dy * x_hat
+        dy_ptr += dy_row_stride
+        x_ptr += x_row_stride
+        dx_ptr += dx_row_stride
+    tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=mask)
+
+
+# --- launchers ---------------------------------------------------------------------------
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+    check_tensor(OP, "x", x)
+    check_tensor(OP, "weight", weight, ndim=1)
+    check_same_device(OP, x=x, weight=weight)
+    if x.dim() == 0 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"{OP}: weight has shape {tuple(weight.shape)} but x's last dimension is "
+                         f"{x.shape[-1] if x.dim() else 'missing'} (shape {tuple(x.shape)}); they must match")  # fmt: skip
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., N) -> (M, N) with a last-dim stride of 1, without a copy when the layout allows."""
+    rows = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, N), weight (N,) -> y (M, N) in x's dtype, rstd (M,) float32."""
+    _check(x, weight)
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+    if M == 0 or N == 0:
+        return y, rstd.fill_(1.0 / eps**0.5)
+    block, num_warps = block_config(N)
+    rmsnorm_fwd_kernel[(M,)](
+        x, weight.contiguous(), y, rstd, x.stride(0), y.stride(0), N, eps, BLOCK_SIZE=block, num_warps=num_warps
+    )
+    return y, rstd
+
+
+def rmsnorm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dy, x (M, N); weight (N,); rstd (M,) from the forward -> dx (M, N) in x's dtype, dweight (N,) in weight's."""
+    check_tensor(OP, "dy", dy)
+    if dy.shape != x.shape:
+        raise ValueError(f"{OP}: dy has shape {tuple(dy.shape)}, expected {tuple(x.shape)}")
+    M, N = x.shape
+    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return dx, torch.zeros_like(weight)
+    block, num_warps = block_config(N)
+    programs = backward_programs(M, num_warps, x.device)
+    rows_per_program = triton.cdiv(M, programs)
+    programs = triton.cdiv(M, rows_per_program)  # no program left without rows
+    dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
+    rmsnorm_bwd_kernel[(programs,)](
+        dy, x, weight.contiguous(), rstd, dx, dw_partial,
+        dy.stride(0), x.stride(0), dx.stride(0),
+        M, N, rows_per_program, BLOCK_SIZE=block, num_warps=num_warps,
+    )  # fmt: skip
+    return dx, dw_partial.sum(dim=0).to(weight.dtype)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        _check(x, weight)
+        x2 = as_rows(x)  # (M, N)
+        y, rstd = rmsnorm_forward(x2, weight, eps)
+        ctx.save_for_backward(x2, weight, rstd)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, rstd = ctx.saved_tensors
+        dx, dw = rmsnorm_backward(as_rows(dy), x2, weight, rstd)
+        return dx.view(dy.shape), dw, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dim with the Triton kernels; differentiable. x (..., N), weight (N,)."""
+    return RMSNormFunction.apply(x, weight, eps)
