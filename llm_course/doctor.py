@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 
 from llm_course import device
 
@@ -20,7 +21,9 @@ def _version(name: str) -> str | None:
     if importlib.util.find_spec(name) is None:
         return None
     try:
-        return getattr(importlib.import_module(name), "__version__", "installed")
+        with warnings.catch_warnings():  # some packages warn on import (with local paths): keep the report clean
+            warnings.simplefilter("ignore")
+            return getattr(importlib.import_module(name), "__version__", "installed")
     except Exception as exc:  # a broken install: say so rather than crash the check
         return f"broken ({type(exc).__name__}: {exc})"
 
