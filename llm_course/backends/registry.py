@@ -55,6 +55,7 @@ _EXERCISES["matmul"] = "stage1_kernels/matmul:matmul"
 _EXERCISES["add"] = "stage1_kernels/add:add"
 _EXERCISES["softmax"] = "stage1_kernels/softmax:softmax"
 _EXERCISES["rms_norm"] = "stage1_kernels/rmsnorm:rms_norm"
+_EXERCISES["apply_rope"] = "stage2_attention/rope:apply_rope"
 
 _global_backend: str | None = None
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("llm_course_backend", default=None)

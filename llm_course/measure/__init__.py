@@ -36,7 +36,7 @@ from llm_course.measure.roofline import (
     ridge_point,
     roofline_seconds,
 )
-from llm_course.measure.timer import Timing, benchmark, rotating_inputs, time_gpu, time_region
+from llm_course.measure.timer import Timing, benchmark, event_times, rotating_inputs, time_gpu, time_region
 
 __all__ = [
     "arithmetic_intensity", "attention_backward_flops", "attention_bytes", "attention_flops", "dtype_bytes",
@@ -45,5 +45,5 @@ __all__ = [
     "KNOWN_PEAKS", "Peak", "device_peak", "lookup",
     "Ceilings", "RooflinePoint", "attainable", "bound", "measure_bandwidth", "measure_ceilings",
     "measure_matmul", "plot_roofline", "ridge_point", "roofline_seconds",
-    "Timing", "benchmark", "rotating_inputs", "time_gpu", "time_region",
+    "Timing", "benchmark", "event_times", "rotating_inputs", "time_gpu", "time_region",
 ]  # fmt: skip

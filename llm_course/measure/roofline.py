@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from llm_course.device import get_device
-from llm_course.measure.flops import dtype_bytes, matmul_flops
+from llm_course.measure.flops import matmul_flops
 from llm_course.measure.peaks import Peak
 from llm_course.measure.timer import Timing, benchmark
 

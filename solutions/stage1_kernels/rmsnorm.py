@@ -47,7 +47,9 @@ MAX_BLOCK_SIZE = 65536  # longest row kept in one block
 
 
 @triton.jit
-def rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK_SIZE: tl.constexpr):
+def rmsnorm_fwd_kernel(
+    x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK_SIZE: tl.constexpr
+):
     """y[row, :] = x[row, :] * rstd * w, and rstd[row] = rstd, for the row this program owns.
 
     Args:

@@ -44,11 +44,15 @@ def check_step(out, m, l, block):
     m_new, l_new = out
     exp_m, exp_l = step64(m, l, block)
     assert_close(m_new, exp_m, hint="the new running max must be max(m, max(block)).", what="m_new")
-    not_rescaled = l.double() + torch.exp(block.double() - exp_m[..., None]).sum(dim=-1)
     hint = "the running sum must be l * exp(m - m_new) + sum(exp(block - m_new))."
-    if torch.isfinite(l_new).all() and not torch.allclose(l.double() * torch.exp(m.double() - exp_m), l.double()):
-        if torch.allclose(l_new.double(), not_rescaled, rtol=1e-4):
+    if isinstance(l_new, torch.Tensor) and l_new.shape == exp_l.shape:
+        l64, got = l.double(), l_new.detach().double()
+        not_rescaled = l64 + torch.exp(block.double() - exp_m[..., None]).sum(dim=-1)
+        max_grew = not torch.allclose(l64 * torch.exp(m.double() - exp_m), l64)
+        if max_grew and torch.allclose(got, not_rescaled, rtol=1e-4):
             hint = "the running sum is not rescaled when the max grows: multiply l by exp(m - m_new)."
+        elif torch.allclose(got, l64 + torch.exp(block.double()).sum(dim=-1), rtol=1e-4):
+            hint = "the running sum is relative to the running max: add sum(exp(block - m_new)), not sum(exp(block))."
     assert_close(l_new, exp_l, hint=hint, what="l_new")
 
 

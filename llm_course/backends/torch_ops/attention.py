@@ -31,7 +31,8 @@ the softmax are computed in float32 (float64 if the inputs are float64).
 This is the *naive* algorithm: it writes the whole (T, S) score matrix to
 memory and reads it back, which is why it is memory-bound; FlashAttention
 (``llm_course/backends/triton_ops/flash_attention.py``) computes the same
-numbers tile by tile without ever storing the scores.
+numbers tile by tile without ever storing the scores, thanks to the online
+softmax at the end of this file (``online_softmax_step``, ``online_softmax``).
 """
 
 from __future__ import annotations

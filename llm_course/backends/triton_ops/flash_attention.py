@@ -126,22 +126,24 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
             k = tl.load(k_ptrs, mask=(offs_n < S)[:, None], other=0.0)  # (BLOCK_N, D)
         else:
             k = tl.load(k_ptrs)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N) scores, base 2
+        qk = tl.dot(q, tl.trans(k))  # (BLOCK_M, BLOCK_N) raw scores q . k
         if MASKED:
             keep = (offs_n < S)[None, :]
             if CAUSAL:
                 keep = keep & (offs_n[None, :] <= offs_m[:, None] + off)
             if HAS_WINDOW:
                 keep = keep & (offs_n[None, :] > offs_m[:, None] + off - window)
-            s = tl.where(keep, s, float("-inf"))
+            qk = tl.where(keep, qk, float("-inf"))
         if HAS_PAD:
             real = tl.load(pad_ptrs + offs_n * stride_ps, mask=offs_n < S, other=0) != 0
-            s = tl.where(real[None, :], s, float("-inf"))
-        # online softmax: new running max, then rescale what was accumulated so far
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # a row that has seen no key yet has m = -inf; subtract 0 instead (exp2(-inf) = 0, no NaN)
+            qk = tl.where(real[None, :], qk, float("-inf"))
+        # online softmax in base 2: the new running max of the scaled scores (scale > 0,
+        # so the max of qk times the scale is the max of the scaled scores) ...
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        # ... (a row that has seen no key yet has m = -inf: subtract 0 instead, no NaN) ...
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_sub[:, None])  # (BLOCK_M, BLOCK_N)
+        # ... then p = exp2(qk * scale * log2(e) - m): one fused multiply-add a score
+        p = tl.exp2(qk * qk_scale - m_sub[:, None])  # (BLOCK_M, BLOCK_N)
         alpha = tl.exp2(m_i - m_sub)  # (BLOCK_M,) rescale factor for the old sums
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
@@ -161,7 +163,7 @@ _FWD_CONFIGS = autotune_configs(
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [
             (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4),
-            (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4),
+            (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 4), (128, 128, 4, 3),
         ]
     ],  # fmt: skip
     triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),
@@ -268,8 +270,8 @@ def check_attention_inputs(q, k, v, *, scale=None, window=None, key_padding_mask
         raise ValueError(f"{op}: the number of kv heads ({Hkv}) must divide the number of query heads ({Hq})")
     if D not in HEAD_DIMS:
         raise ValueError(f"{op}: head dim {D} is not supported; supported head dims: {', '.join(map(str, HEAD_DIMS))}")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-        raise ValueError(f"{op}: scale must be a finite number or None, got {scale!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{op}: scale must be a positive number or None, got {scale!r}")
     if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
         raise ValueError(f"{op}: window must be a positive int or None, got {window!r}")
     if key_padding_mask is not None:

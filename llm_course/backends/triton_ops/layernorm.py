@@ -136,7 +136,7 @@ def layernorm_forward(
     M, N = x.shape
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     mean = torch.zeros(M, dtype=torch.float32, device=x.device)
-    rstd = torch.full((M,), 1.0 / eps**0.5, dtype=torch.float32, device=x.device)
+    rstd = torch.full((M,), eps**-0.5 if eps > 0 else float("inf"), dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
         return y, mean, rstd
     block, num_warps = block_config(N)
@@ -149,7 +149,12 @@ def layernorm_forward(
 
 
 def layernorm_backward(
-    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """dy, x (M, N); weight, bias (N,) or None; mean, rstd (M,) -> dx (M, N), dweight (N,), dbias (N,) or None."""
     check_tensor(OP, "dy", dy)

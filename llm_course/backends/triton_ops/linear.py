@@ -75,5 +75,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     _check(x, weight, bias)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1])  # (M, K), M = product of the leading dimensions
-    y = LinearFunction.apply(x2d, weight, bias)  # (M, N)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        y = LinearFunction.apply(x2d, weight, bias)  # (M, N)
+    else:
+        y = launch_matmul(x2d, weight.T, bias)  # no graph to record: skip autograd's bookkeeping
     return y.reshape(*lead, weight.shape[0])  # (..., N)

@@ -15,9 +15,10 @@ The idea, in three lines (the notebook 01b builds it up step by step):
 
 Details that make it correct for any input:
 
-* **edges**: M, N and K need not be multiples of the block sizes. Loads are
-  masked (``other=0.0``: zeros add nothing to a dot product) and the store is
-  masked, so no program reads or writes outside the tensors.
+* **edges**: M, N and K need not be multiples of the block sizes. The K tail is
+  masked (``other=0.0``: zeros add nothing to a dot product); rows past M and
+  columns past N are wrapped back onto real ones for the loads, and masked out
+  of the store, so no program reads or writes outside the tensors.
 * **strides**: the kernel takes each tensor's strides, so a transposed view
   (``w.T``) is read in place, without a copy. ``linear`` uses that for
   ``x @ weight.T``, and the backward pass for ``dy.T @ x``.
@@ -116,16 +117,21 @@ def matmul_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) rows of A and C
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) columns of B and C
     offs_k = tl.arange(0, BLOCK_K)  # (BLOCK_K,) position inside the current K step
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak  # (BLOCK_M, BLOCK_K)
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn  # (BLOCK_K, BLOCK_N)
-    mask_m = offs_m[:, None] < M  # (BLOCK_M, 1): rows past the bottom edge
-    mask_n = offs_n[None, :] < N  # (1, BLOCK_N): columns past the right edge
+    # Edge tiles: rows past M (columns past N) wrap around to real rows (% M), so the
+    # loads need no mask along M and N; those rows' results are dropped by the store's
+    # mask. Unmasked loads are faster, and the hints tell the compiler each block of
+    # offsets starts at a multiple of the block and runs contiguously (true except where
+    # a row wraps, which Triton's 16-divisibility of the sizes keeps out of a vector load).
+    offs_am = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+    offs_bn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    a_ptrs = a_ptr + offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak  # (BLOCK_M, BLOCK_K)
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn  # (BLOCK_K, BLOCK_N)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # float32, whatever the input dtype
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k_left = K - k * BLOCK_K  # the last step may have fewer than BLOCK_K columns left
-        a = tl.load(a_ptrs, mask=mask_m & (offs_k[None, :] < k_left), other=0.0)  # (BLOCK_M, BLOCK_K)
-        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n, other=0.0)  # (BLOCK_K, BLOCK_N)
+        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)  # (BLOCK_M, BLOCK_K)
+        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)  # (BLOCK_K, BLOCK_N)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)  # acc += a @ b, in float32
         a_ptrs += BLOCK_K * stride_ak  # next K step
         b_ptrs += BLOCK_K * stride_bk
@@ -135,7 +141,7 @@ def matmul_kernel(
         acc += bias.to(tl.float32)[None, :]
     c = acc.to(c_ptr.dtype.element_ty)  # round once, at the end
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    tl.store(c_ptrs, c, mask=mask_m & mask_n)
+    tl.store(c_ptrs, c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))  # only the real rows and columns
 
 
 def dot_input_precision(dtype: torch.dtype) -> str:
@@ -212,4 +218,6 @@ class MatmulFunction(torch.autograd.Function):
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The matrix product in Triton. a (M, K), b (K, N) -> (M, N), in the inputs' dtype."""
-    return MatmulFunction.apply(a, b)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return MatmulFunction.apply(a, b)
+    return launch_matmul(a, b)  # no graph to record: skip autograd's bookkeeping

@@ -65,7 +65,9 @@ def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
 
 
 @triton.jit
-def rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK_SIZE: tl.constexpr):
+def rmsnorm_fwd_kernel(
+    x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK_SIZE: tl.constexpr
+):
     """One program = one row. x, y (M, N) rows with stride 1 along N; w (N,); rstd (M,) float32."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_SIZE)
@@ -134,11 +136,12 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
-        return y, rstd.fill_(1.0 / eps**0.5)
+        return y, rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(N)
     rmsnorm_fwd_kernel[(M,)](
-        x, weight.contiguous(), y, rstd, x.stride(0), y.stride(0), N, eps, BLOCK_SIZE=block, num_warps=num_warps
-    )
+        x, weight.contiguous(), y, rstd, x.stride(0), y.stride(0), N, eps,
+        BLOCK_SIZE=block, num_warps=num_warps,
+    )  # fmt: skip
     return y, rstd
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: ``llm-course bench kernels`` (stage 1); shared pieces in ``common.py``."""

@@ -1,0 +1,171 @@
+"""The backend switch (llm_course/backends/registry.py): choosing torch, triton or exercises.
+
+Precedence (context manager > set_backend > $LLM_COURSE_BACKEND > "torch"),
+nesting and restoring, unknown names, the "exercises" backend routing to the
+learner's answers (here: solutions/, and a folder of stubs) with the course's
+kernel as fallback, and lazy imports: ``import llm_course.ops`` loads no kernel
+module, so the Triton interpreter can still be switched on first.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from llm_course import ops
+from llm_course.backends import get_backend, implementation, registry, set_backend, use_backend
+from llm_course.device import get_device
+from llm_course.grading.checks import assert_close
+
+
+@pytest.fixture(autouse=True)
+def clean_backend(monkeypatch):
+    """Each test starts from the default: no global setting, no $LLM_COURSE_BACKEND; restored afterwards."""
+    monkeypatch.setattr(registry, "_global_backend", None)
+    monkeypatch.delenv(registry.ENV_BACKEND, raising=False)
+    yield
+    registry._forget_exercises()
+
+
+def _run_python(code: str, **env) -> str:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if k != registry.ENV_BACKEND}
+    full_env.update(env)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_default_is_torch():
+    assert get_backend() == "torch"
+    from llm_course.backends.torch_ops import softmax
+
+    assert implementation("softmax") is softmax.softmax
+
+
+def test_set_backend_and_use_backend_nest_and_restore():
+    set_backend("triton")
+    assert get_backend() == "triton"
+    with use_backend("torch"):
+        assert get_backend() == "torch"  # the context manager wins over the global setting
+        with use_backend("exercises"):
+            assert get_backend() == "exercises"
+        assert get_backend() == "torch"
+    assert get_backend() == "triton"
+    with pytest.raises(RuntimeError):
+        with use_backend("torch"):
+            raise RuntimeError("boom")
+    assert get_backend() == "triton"  # restored after an exception too
+    set_backend("torch")
+    assert get_backend() == "torch"
+
+
+def test_env_var_chooses_the_backend(monkeypatch):
+    monkeypatch.setenv(registry.ENV_BACKEND, "triton")
+    assert get_backend() == "triton"
+    with use_backend("torch"):
+        assert get_backend() == "torch"
+    set_backend("torch")  # the global setting wins over the environment
+    assert get_backend() == "torch"
+
+
+def test_unknown_backend_is_an_error(monkeypatch):
+    with pytest.raises(ValueError, match="unknown backend 'cuda'; choose one of torch, triton, exercises"):
+        set_backend("cuda")
+    with pytest.raises(ValueError, match="unknown backend 'tritonn'"):
+        with use_backend("tritonn"):
+            pass
+    monkeypatch.setenv(registry.ENV_BACKEND, "fast")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        get_backend()
+
+
+def test_ops_run_the_chosen_implementation(rng):
+    x = torch.randn(3, 50, generator=rng).to(get_device())
+    with use_backend("triton"):
+        from llm_course.backends.triton_ops import rmsnorm, softmax
+
+        assert implementation("softmax") is softmax.softmax
+        assert implementation("rms_norm") is rmsnorm.rms_norm
+        y = ops.softmax(x)
+    assert_close(y, torch.softmax(x.double(), -1), hint="softmax under the triton backend")
+
+
+def test_import_loads_no_kernel_module_and_env_var_works_in_a_fresh_process():
+    out = _run_python(
+        """
+        import sys
+        import llm_course, llm_course.ops, llm_course.backends
+        print(sorted(m for m in sys.modules if m.startswith("llm_course.backends.triton_ops.")))
+        from llm_course.backends import get_backend, implementation
+        print(get_backend(), implementation("softmax").__module__)
+        """,
+        LLM_COURSE_BACKEND="triton",
+    )
+    loaded, backend = out.strip().splitlines()
+    assert loaded == "[]", f"import llm_course.ops imported kernel modules: {loaded}"
+    assert backend == "triton llm_course.backends.triton_ops.softmax"
+
+
+def test_exercises_backend_runs_the_learner_answers(monkeypatch, capsys, rng):
+    from llm_course.grading.adapter import load
+
+    monkeypatch.setenv("LLM_COURSE_IMPL", "solutions")
+    mod = load("stage1_kernels/softmax", "solutions")
+    calls = []
+    real = mod.softmax_forward
+    monkeypatch.setattr(mod, "softmax_forward", lambda x, out=None: calls.append(x.shape) or real(x, out))
+    x = torch.randn(4, 33, generator=rng).to(get_device())
+    with use_backend("exercises"):
+        y = ops.softmax(x)
+    assert calls == [x.shape], "ops.softmax under the exercises backend did not call the answer in solutions/"
+    assert "[exercise stage1_kernels/softmax:softmax: using your implementation]" in capsys.readouterr().out
+    assert_close(y, torch.softmax(x.double(), -1), hint="softmax through the exercises backend")
+    rms = load("stage1_kernels/rmsnorm", "solutions")
+    fwd_calls = []
+    real_fwd = rms.rmsnorm_forward
+    monkeypatch.setattr(rms, "rmsnorm_forward", lambda *a: fwd_calls.append(1) or real_fwd(*a))
+    with use_backend("exercises"):
+        ops.rms_norm(x, torch.ones(33, device=x.device))
+    assert fwd_calls == [1], "ops.rms_norm under the exercises backend did not call the answer in solutions/"
+
+
+STUB = '''
+from llm_course.device import configure_triton
+configure_triton()
+import triton
+import triton.language as tl
+from llm_course.grading import require_written
+
+
+@triton.jit
+def softmax_kernel(x_ptr, y_ptr, n_cols, BLOCK_SIZE: tl.constexpr):
+    """Not written yet."""
+    raise NotImplementedError("softmax_kernel")
+
+
+def softmax(x):
+    """Given launcher: refuses to run while the kernel is a stub."""
+    require_written(softmax_kernel)
+    return None
+'''
+
+
+def test_exercises_backend_falls_back_to_the_course_kernel(monkeypatch, capsys, tmp_path, rng):
+    (tmp_path / "stage1_kernels").mkdir()
+    (tmp_path / "stage1_kernels" / "softmax.py").write_text(STUB)
+    monkeypatch.setenv("LLM_COURSE_IMPL", str(tmp_path))
+    x = torch.randn(4, 33, generator=rng).to(get_device())
+    with use_backend("exercises"):
+        y = ops.softmax(x)
+        from llm_course.backends.triton_ops import softmax
+
+        assert implementation("softmax") is softmax.softmax
+        assert implementation("layer_norm") is implementation("layer_norm", "triton")  # no exercise: the course's kernel
+    assert "[exercise stage1_kernels/softmax:softmax: not done yet; using the reference]" in capsys.readouterr().out
+    assert_close(y, torch.softmax(x.double(), -1), hint="softmax falling back to the course's kernel")
