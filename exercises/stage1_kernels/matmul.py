@@ -95,6 +95,7 @@ def launch_matmul(
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """c = a @ b with your kernel. a (M, K), b (K, N) -> (M, N) in the inputs' dtype (no autograd)."""
+    require_written(matmul_kernel)
     check_tensor("matmul", "a", a, ndim=2)
     check_tensor("matmul", "b", b, ndim=2)
     check_same_device("matmul", a=a, b=b)

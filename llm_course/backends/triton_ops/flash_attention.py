@@ -162,8 +162,7 @@ _FWD_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [
-            (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4),
-            (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 4), (128, 128, 4, 3),
+            (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4), (128, 128, 8, 3), (64, 64, 4, 3),
         ]
     ],  # fmt: skip
     triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),

@@ -17,6 +17,11 @@ variance. dweight and dbias are reduced like RMSNorm's dweight
 (``rmsnorm.py``): each program loops over a block of rows and writes partial
 sums, one row of a (num_programs, N) float32 buffer each, summed at the end.
 
+Means are sums times ``inv_n = 1 / N``, computed on the host: a division on
+the GPU is approximate (within 2 ulp), and a row of equal values must give
+exactly ``x - mean = 0`` (its ``rstd`` is ``1 / sqrt(eps)``, which magnifies
+any error a few hundred times).
+
 ``bias`` may be None (``HAS_BIAS`` is then False and the kernel skips it: a
 constexpr makes it a different compiled kernel, with no runtime branch).
 Dtypes and row lengths as in ``rmsnorm.py``.
@@ -51,17 +56,17 @@ def block_config(n_cols: int) -> tuple[int, int]:
 
 @triton.jit
 def layernorm_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
+    x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, inv_n, eps,
     HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):  # fmt: skip
-    """One program = one row. x, y (M, N); w, b (N,); mean, rstd (M,) float32."""
+    """One program = one row. x, y (M, N); w, b (N,); mean, rstd (M,) float32; inv_n = 1 / N."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_SIZE)
     mask = cols < n_cols
     x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / n_cols
+    mean = tl.sum(x, axis=0) * inv_n
     xm = tl.where(mask, x - mean, 0.0)  # the padding must stay 0 in the variance
-    rstd = tl.rsqrt(tl.sum(xm * xm, axis=0) / n_cols + eps)
+    rstd = tl.rsqrt(tl.sum(xm * xm, axis=0) * inv_n + eps)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
     y = xm * rstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
@@ -73,7 +78,7 @@ def layernorm_fwd_kernel(
 @triton.jit
 def layernorm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, db_partial_ptr,
-    dy_row_stride, x_row_stride, dx_row_stride, n_rows, n_cols, rows_per_program,
+    dy_row_stride, x_row_stride, dx_row_stride, n_rows, n_cols, inv_n, rows_per_program,
     HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):  # fmt: skip
     """Program p: dx for its block of rows, and their partial dweight (and dbias) -> row p of the buffers."""
@@ -95,8 +100,8 @@ def layernorm_bwd_kernel(
         rstd = tl.load(rstd_ptr + row)
         x_hat = tl.where(mask, (x - mean) * rstd, 0.0)
         g = dy * w  # 0 in the padding
-        c1 = tl.sum(g * x_hat, axis=0) / n_cols
-        c2 = tl.sum(g, axis=0) / n_cols
+        c1 = tl.sum(g * x_hat, axis=0) * inv_n
+        c2 = tl.sum(g, axis=0) * inv_n
         dx = rstd * (g - x_hat * c1 - c2)
         tl.store(dx_ptr + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         dw += dy * x_hat
@@ -142,7 +147,7 @@ def layernorm_forward(
     block, num_warps = block_config(N)
     w = weight.contiguous()
     layernorm_fwd_kernel[(M,)](
-        x, w, bias.contiguous() if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, eps,
+        x, w, bias.contiguous() if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, 1.0 / N, eps,
         HAS_BIAS=bias is not None, BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
     return y, mean, rstd
@@ -173,7 +178,7 @@ def layernorm_backward(
     db_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else dw_partial
     layernorm_bwd_kernel[(programs,)](
         dy, x, weight.contiguous(), mean, rstd, dx, dw_partial, db_partial,
-        dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program,
+        dy.stride(0), x.stride(0), dx.stride(0), M, N, 1.0 / N, rows_per_program,
         HAS_BIAS=has_bias, BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
     dw = dw_partial.sum(dim=0).to(weight.dtype)

@@ -1,0 +1,64 @@
+"""Smoke tests of ``llm-course bench attention`` and ``llm-course bench layers`` (--quick, into a temporary folder).
+
+They check that the scripts run end to end and write their files, not any speed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from llm_course.device import has_gpu
+
+
+@pytest.fixture(scope="module")
+def attention_run(tmp_path_factory):
+    from llm_course.bench import attention
+
+    out = tmp_path_factory.mktemp("bench_attention")
+    assert attention.main(["--quick", "--out", str(out), "--targets"]) == 0
+    return out
+
+
+def test_attention_bench_writes_its_files(attention_run):
+    for name in ("attention.csv", "attention_memory.csv", "meta.json", "attention_tflops.png", "attention_memory.png"):
+        assert (attention_run / name).stat().st_size > 0, name
+    meta = json.loads((attention_run / "meta.json").read_text())
+    assert meta["benchmark"] == "attention" and meta["ceilings"]["bandwidth_gbs"] > 0
+
+
+def test_attention_bench_measures_triton_and_sdpa(attention_run):
+    rows = list(csv.DictReader((attention_run / "attention.csv").open()))
+    ops = {r["op"] for r in rows}
+    assert {"fwd d16 full", "fwd d16 causal", "bwd d16 full", "bwd d16 causal", "rope"} <= ops
+    for r in rows:
+        if r["impl"] in ("triton", "sdpa", "torch"):
+            assert r["error"] == "" and math.isfinite(float(r["tflops"] or r["gbs"])), r
+        if r["impl"] == "sdpa_flash" and not has_gpu():
+            assert "GPU" in r["error"], "the FLASH backend row should say it needs a GPU"
+
+
+def test_attention_bench_redraws_from_its_files(attention_run):
+    from llm_course.bench import attention
+
+    (attention_run / "attention_tflops.png").unlink()
+    assert attention.main(["--redraw", "--out", str(attention_run)]) == 0
+    assert (attention_run / "attention_tflops.png").exists()
+
+
+def test_layers_bench_quick(tmp_path):
+    from llm_course.bench import layers
+
+    assert layers.main(["--quick", "--out", str(tmp_path), "--layers", "attention,swiglu_mlp"]) == 0
+    rows = list(csv.DictReader((tmp_path / "layers.csv").open()))
+    assert {(r["layer"], r["backend"], r["passes"]) for r in rows} == {
+        (layer, backend, passes)
+        for layer in ("attention", "swiglu_mlp")
+        for backend in ("torch", "triton")
+        for passes in ("fwd", "fwd+bwd")
+    }
+    assert all(r["error"] == "" and float(r["ms"]) > 0 for r in rows), [r["error"] for r in rows if r["error"]]
+    assert (tmp_path / "layers.png").stat().st_size > 0
