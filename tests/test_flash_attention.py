@@ -21,11 +21,9 @@ import torch
 from llm_course import ops
 from llm_course.backends import use_backend
 from llm_course.backends.torch_ops.attention import attention as reference_attention
+from llm_course.backends.triton_ops import flash_attention as fa
 from llm_course.device import get_device, is_interpreter
 from llm_course.grading.checks import assert_close
-
-fa = pytest.importorskip("llm_course.backends.triton_ops.flash_attention")
-fa_bwd = pytest.importorskip("llm_course.backends.triton_ops.flash_attention_bwd")
 
 TOL = {
     torch.float32: (dict(atol=1e-5, rtol=1e-5), dict(atol=1e-4, rtol=1e-4)),

@@ -44,7 +44,6 @@ import torch.nn.functional as F
 
 from llm_course.bench.common import (
     BenchRow,
-    ceilings_from_meta,
     device_name,
     device_slug,
     format_table,

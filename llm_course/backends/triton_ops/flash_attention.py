@@ -32,6 +32,8 @@ What makes it fast (Triton's fused-attention tutorial does the same):
   the window) are never visited: causal attention does half the work;
 * grouped-query attention reads the shared K/V head directly: query head h uses
   kv head ``h // (Hq // Hkv)``, nothing is repeated or copied;
+* the running max is taken over the raw scores q . k (the scale is positive), so
+  scaling a score and subtracting the max is one fused multiply-add;
 * block sizes, warps and pipeline stages are autotuned on a GPU.
 
 Conventions (the contract of ``llm_course.ops.attention``): q (B, Hq, T, D);
@@ -63,7 +65,6 @@ from llm_course.device import autotune_configs  # noqa: E402
 OP = "flash_attention"
 HEAD_DIMS = (16, 32, 64, 128)  # powers of two the kernels are built for
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
-LN2 = 0.6931471805599453  # ln(2):   log(x) = log2(x) * ln(2)
 
 
 def seq_bucket(n: int) -> int:
@@ -113,8 +114,8 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
                 HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr):
     """The online-softmax update over the key blocks [start, stop).
 
-    q (BLOCK_M, D); acc (BLOCK_M, D), l_i and m_i (BLOCK_M,) in float32; scores are
-    kept in base 2 (already multiplied by scale * log2(e)).
+    q (BLOCK_M, D); acc (BLOCK_M, D), l_i and m_i (BLOCK_M,) in float32. m_i is in
+    base 2: the running max of ``q . k * qk_scale`` with ``qk_scale = scale * log2(e)``.
     """
     off = S - T
     k_ptrs += start * stride_ks
