@@ -210,11 +210,14 @@ def test_linear_module_is_nn_linear_compatible(rng):
 
 
 def _no_worse_than_torch(ours, theirs, ref, what, factor=2.0):
+    """Max error against float64 within ``factor`` times cuBLAS's, plus a slack for float32 outputs:
+    a float32 sum of thousands of products in a different order than cuBLAS's (which may split K)
+    differs by a few units of 1e-6 relative to the largest output."""
     ref = ref.double()
     err_ours = (ours.double() - ref).abs().max().item()
     err_torch = (theirs.double() - ref).abs().max().item()
-    scale = ref.abs().max().item()
-    assert err_ours <= factor * err_torch + 1e-6 * scale, f"{what}: max error {err_ours:.3g}, cuBLAS {err_torch:.3g}"
+    slack = (1e-5 if ours.dtype == torch.float32 else 1e-6) * ref.abs().max().item()
+    assert err_ours <= factor * err_torch + slack, f"{what}: max error {err_ours:.3g}, cuBLAS {err_torch:.3g}"
 
 
 @pytest.mark.gpu

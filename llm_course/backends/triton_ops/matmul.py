@@ -78,12 +78,23 @@ CPU_CONFIG = _config(32, 32, 32, 1, 4, group=4)
 
 
 def prune_configs(configs: list, named_args: dict, **kwargs) -> list:
-    """Drop configs that cannot pay off before compiling them: float32 tiles take twice the
-    shared memory and (in true fp32) run on the CUDA cores, where big tiles only cost compile time."""
-    if named_args["a_ptr"].dtype != torch.float32 or len(configs) == 1:
+    """Drop configs that cannot pay off, before the autotuner compiles and times them:
+
+    * tiles much larger than the matrix (a 256-row tile for 40 rows is mostly masked work);
+    * for float32, tiles above 128 x 128 x 32: they need twice the shared memory, and in
+      true fp32 they run on the CUDA cores, where big tiles only cost compile time.
+    """
+    if len(configs) == 1:
         return configs
-    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128 and c.kwargs["BLOCK_K"] <= 32]
-    return small or configs
+    M, N = named_args["M"], named_args["N"]
+    fp32 = named_args["a_ptr"].dtype == torch.float32
+    keep = [
+        c for c in configs
+        if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(M))
+        and c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(N))
+        and not (fp32 and (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128 or c.kwargs["BLOCK_K"] > 32))
+    ]  # fmt: skip
+    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
 
 @triton.jit
