@@ -18,9 +18,9 @@ variance. dweight and dbias are reduced like RMSNorm's dweight
 sums, one row of a (num_programs, N) float32 buffer each, summed at the end.
 
 Means are sums times ``inv_n = 1 / N``, computed on the host: a division on
-the GPU is approximate (within 2 ulp), and a row of equal values must give
-exactly ``x - mean = 0`` (its ``rstd`` is ``1 / sqrt(eps)``, which magnifies
-any error a few hundred times).
+the GPU is approximate (within 2 ulp), and rows of (nearly) equal values, whose
+``rstd`` is about ``1 / sqrt(eps)``, magnify any error of ``x - mean`` a few
+hundred times.
 
 ``bias`` may be None (``HAS_BIAS`` is then False and the kernel skips it: a
 constexpr makes it a different compiled kernel, with no runtime branch).
@@ -38,7 +38,12 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops._checks import check_same_device, check_tensor  # noqa: E402
-from llm_course.backends.triton_ops.rmsnorm import MAX_FUSED_SIZE, as_rows, backward_programs  # noqa: E402
+from llm_course.backends.triton_ops.rmsnorm import (  # noqa: E402
+    MAX_FUSED_SIZE,
+    as_rows,
+    backward_programs,
+    backward_stages,
+)
 
 OP = "layer_norm"
 
@@ -79,7 +84,7 @@ def layernorm_fwd_kernel(
 def layernorm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, db_partial_ptr,
     dy_row_stride, x_row_stride, dx_row_stride, n_rows, n_cols, inv_n, rows_per_program,
-    HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     """Program p: dx for its block of rows, and their partial dweight (and dbias) -> row p of the buffers."""
     pid = tl.program_id(0).to(tl.int64)
@@ -90,12 +95,9 @@ def layernorm_bwd_kernel(
     db = tl.zeros((BLOCK_SIZE,), dtype=tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    dy_ptr += row_start * dy_row_stride
-    x_ptr += row_start * x_row_stride
-    dx_ptr += row_start * dx_row_stride
-    for row in range(row_start, row_end):
-        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    for row in tl.range(row_start, row_end, num_stages=NUM_STAGES):
+        dy = tl.load(dy_ptr + row * dy_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + row)
         rstd = tl.load(rstd_ptr + row)
         x_hat = tl.where(mask, (x - mean) * rstd, 0.0)
@@ -103,13 +105,10 @@ def layernorm_bwd_kernel(
         c1 = tl.sum(g * x_hat, axis=0) * inv_n
         c2 = tl.sum(g, axis=0) * inv_n
         dx = rstd * (g - x_hat * c1 - c2)
-        tl.store(dx_ptr + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + row * dx_row_stride + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         dw += dy * x_hat
         if HAS_BIAS:
             db += dy
-        dy_ptr += dy_row_stride
-        x_ptr += x_row_stride
-        dx_ptr += dx_row_stride
     tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=mask)
     if HAS_BIAS:
         tl.store(db_partial_ptr + pid * n_cols + cols, db, mask=mask)
@@ -179,7 +178,8 @@ def layernorm_backward(
     layernorm_bwd_kernel[(programs,)](
         dy, x, weight.contiguous(), mean, rstd, dx, dw_partial, db_partial,
         dy.stride(0), x.stride(0), dx.stride(0), M, N, 1.0 / N, rows_per_program,
-        HAS_BIAS=has_bias, BLOCK_SIZE=block, num_warps=num_warps,
+        HAS_BIAS=has_bias, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, x.element_size()),
+        num_warps=num_warps,
     )  # fmt: skip
     dw = dw_partial.sum(dim=0).to(weight.dtype)
     db = db_partial.sum(dim=0).to(bias.dtype) if has_bias else None

@@ -65,6 +65,8 @@ def _config(bm: int, bn: int, bk: int, stages: int, warps: int, group: int = 8) 
 GPU_CONFIGS = [
     _config(128, 256, 64, 3, 8),
     _config(256, 128, 64, 3, 8),
+    _config(128, 256, 64, 4, 8),  # deeper pipeline for the largest products
+    _config(256, 128, 64, 4, 8),
     _config(128, 128, 64, 4, 8),
     _config(128, 128, 64, 4, 4),
     _config(128, 128, 32, 4, 4),

@@ -49,6 +49,16 @@ def block_config(n_cols: int) -> tuple[int, int]:
     return block, num_warps
 
 
+def backward_stages(block_size: int, element_size: int) -> int:
+    """How many rows the backward loop keeps in flight (``tl.range(..., num_stages=...)``).
+
+    With 3 stages the compiler loads the next two rows of x and dy into shared memory
+    while the current one is computed: more bytes in flight, so memory latency is
+    hidden even with few programs per SM. Only when two rows of x and dy fit in 64 KiB.
+    """
+    return 3 if 4 * block_size * element_size <= 64 * 1024 else 1
+
+
 def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
     """How many programs the backward launches: enough to fill the GPU, each looping over rows.
 
@@ -83,7 +93,7 @@ def rmsnorm_fwd_kernel(
 def rmsnorm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr,
     dy_row_stride, x_row_stride, dx_row_stride,
-    n_rows, n_cols, rows_per_program, BLOCK_SIZE: tl.constexpr,
+    n_rows, n_cols, rows_per_program, BLOCK_SIZE: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     """Program p: dx for rows [p * rows_per_program, ...) and their partial dweight -> dw_partial[p, :]."""
     pid = tl.program_id(0).to(tl.int64)
@@ -93,21 +103,15 @@ def rmsnorm_bwd_kernel(
     dw = tl.zeros((BLOCK_SIZE,), dtype=tl.float32)  # this program's partial dweight
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    dy_ptr += row_start * dy_row_stride  # pointers to the first row, moved one row on each iteration
-    x_ptr += row_start * x_row_stride
-    dx_ptr += row_start * dx_row_stride
-    for row in range(row_start, row_end):
-        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    for row in tl.range(row_start, row_end, num_stages=NUM_STAGES):  # row is int64: no overflow in row * stride
+        dy = tl.load(dy_ptr + row * dy_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(rstd_ptr + row)
         x_hat = x * rstd
         g = dy * w
         dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=0) / n_cols))
-        tl.store(dx_ptr + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + row * dx_row_stride + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         dw += dy * x_hat
-        dy_ptr += dy_row_stride
-        x_ptr += x_row_stride
-        dx_ptr += dx_row_stride
     tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=mask)
 
 
@@ -164,7 +168,8 @@ def rmsnorm_backward(
     rmsnorm_bwd_kernel[(programs,)](
         dy, x, weight.contiguous(), rstd, dx, dw_partial,
         dy.stride(0), x.stride(0), dx.stride(0),
-        M, N, rows_per_program, BLOCK_SIZE=block, num_warps=num_warps,
+        M, N, rows_per_program, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, x.element_size()),
+        num_warps=num_warps,
     )  # fmt: skip
     return dx, dw_partial.sum(dim=0).to(weight.dtype)
 

@@ -23,6 +23,10 @@ copy. So:
 * each half of each head is loaded once and written once, as a
   (BLOCK_H, BLOCK_HALF) tile; BLOCK_HALF is D/2 rounded up to a power of two, and a
   mask switches off the extra columns, so D = 80 or 96 works as well as 64 or 128;
+* when D/2 is a power of two (D = 64, 128, ...) the columns need no mask
+  (``EVEN_HALF``): a mask that compares column indices with a run-time length
+  changes from one column to the next, and that stops the compiler from turning
+  the loads into 16-byte vector loads; a mask over heads only does not;
 * the kernel takes strides: a (B, T, H, D) projection viewed as (B, H, T, D) with
   ``transpose(1, 2)`` is read in place, without a copy (only the last dimension
   must be contiguous).
@@ -56,12 +60,15 @@ def _rotate_heads(
     c1, c2, s1, s2,  # (1, BLOCK_HALF) float32: the halves of cos and sin for this token
     h_block, H, HALF,
     stride_xh, stride_oh,  # elements from one head to the next
-    BACKWARD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    BACKWARD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, EVEN_HALF: tl.constexpr,
 ):
     """Rotate heads h_block * BLOCK_H .. + BLOCK_H - 1 of one token."""
     offs_h = h_block * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
     offs_d = tl.arange(0, BLOCK_HALF)  # (BLOCK_HALF,)
-    mask = (offs_h[:, None] < H) & (offs_d[None, :] < HALF)  # (BLOCK_H, BLOCK_HALF)
+    if EVEN_HALF:  # BLOCK_HALF == HALF: mask the heads only, so that loads stay 16 bytes wide
+        mask = (offs_h[:, None] < H) & (offs_d[None, :] < BLOCK_HALF)  # (BLOCK_H, BLOCK_HALF)
+    else:
+        mask = (offs_h[:, None] < H) & (offs_d[None, :] < HALF)
     x1_ptrs = x_ptr + offs_h[:, None] * stride_xh + offs_d[None, :]  # first halves
     x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_H, BLOCK_HALF)
     x2 = tl.load(x1_ptrs + HALF, mask=mask, other=0.0).to(tl.float32)  # second halves
@@ -86,7 +93,7 @@ def rope_kernel(
     stride_yb, stride_yh, stride_yt,  # y (B, HY, T, D)
     stride_pb, stride_ph, stride_pt,  # out_y
     stride_cb, stride_ct,  # cos and sin (B or 1, T, D); stride_cb = 0 when shared by the batch
-    BACKWARD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    BACKWARD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, EVEN_HALF: tl.constexpr,
 ):
     """Grid (B * T, head blocks of x [+ head blocks of y]): one token, one block of heads."""
     row = tl.program_id(0).to(tl.int64)  # 64-bit: offsets of large tensors exceed 2**31
@@ -96,7 +103,10 @@ def rope_kernel(
 
     # cos and sin of this token: loaded once, used for every head of the block
     offs_d = tl.arange(0, BLOCK_HALF)
-    d_mask = offs_d < HALF
+    if EVEN_HALF:
+        d_mask = offs_d < BLOCK_HALF  # always true: lets the loads stay vectorized
+    else:
+        d_mask = offs_d < HALF
     c_row = b * stride_cb + t * stride_ct + offs_d  # (BLOCK_HALF,)
     c1 = tl.load(cos_ptr + c_row, mask=d_mask, other=0.0).to(tl.float32)[None, :]
     c2 = tl.load(cos_ptr + c_row + HALF, mask=d_mask, other=0.0).to(tl.float32)[None, :]
@@ -108,13 +118,13 @@ def rope_kernel(
         _rotate_heads(
             x_ptr + b * stride_xb + t * stride_xt, out_ptr + b * stride_ob + t * stride_ot,
             c1, c2, s1, s2, h_block, H, HALF, stride_xh, stride_oh,
-            BACKWARD, BLOCK_H, BLOCK_HALF,
+            BACKWARD, BLOCK_H, BLOCK_HALF, EVEN_HALF,
         )  # fmt: skip
     else:
         _rotate_heads(
             y_ptr + b * stride_yb + t * stride_yt, out_y_ptr + b * stride_pb + t * stride_pt,
             c1, c2, s1, s2, h_block - x_blocks, HY, HALF, stride_yh, stride_ph,
-            BACKWARD, BLOCK_H, BLOCK_HALF,
+            BACKWARD, BLOCK_H, BLOCK_HALF, EVEN_HALF,
         )  # fmt: skip
 
 
@@ -169,7 +179,8 @@ def rope_launch(
         yy.stride(0), yy.stride(1), yy.stride(2),
         oy.stride(0), oy.stride(1), oy.stride(2),
         stride_cb, stride_ct,
-        BACKWARD=backward, BLOCK_H=BLOCK_H, BLOCK_HALF=BLOCK_HALF, num_warps=num_warps,
+        BACKWARD=backward, BLOCK_H=BLOCK_H, BLOCK_HALF=BLOCK_HALF, EVEN_HALF=BLOCK_HALF == D // 2,
+        num_warps=num_warps,
     )  # fmt: skip
     return out, out_y
 
