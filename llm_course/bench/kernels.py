@@ -240,7 +240,7 @@ def check_targets(rows: list[BenchRow], ceilings: Ceilings) -> list[tuple[str, s
             out.append((name, "n/a", "not measured"))
             continue
         ok = tri.gbs >= 0.9 * ceilings.bandwidth_gbs and tri.ms <= comp.ms
-        out.append((name, "PASS" if ok else "FAIL", f"{tri.gbs:.0f} GB/s = {100 * tri.frac_bandwidth:.0f}% of copy; torch.compile {comp.gbs:.0f} GB/s"))
+        out.append((name, "PASS" if ok else "FAIL", f"{tri.gbs:.0f} GB/s = {100 * tri.frac_bandwidth:.1f}% of copy; torch.compile {comp.gbs:.0f} GB/s"))
     for op in ("rms_norm_fwd_bwd", "layer_norm_fwd_bwd"):
         tri, comp = get(op, big, "triton"), get(op, big, "torch.compile")
         name = f"{op} {big}: >= torch.compile"
@@ -255,7 +255,7 @@ def check_targets(rows: list[BenchRow], ceilings: Ceilings) -> list[tuple[str, s
             out.append((name, "n/a", "not measured"))
             continue
         frac = tri.tflops / cublas.tflops
-        out.append((name, "PASS" if frac >= 0.9 else "FAIL", f"{tri.tflops:.0f} vs {cublas.tflops:.0f} TFLOP/s = {100 * frac:.0f}%"))
+        out.append((name, "PASS" if frac >= 0.9 else "FAIL", f"{tri.tflops:.0f} vs {cublas.tflops:.0f} TFLOP/s = {100 * frac:.1f}%"))
     return out
 
 
