@@ -58,10 +58,15 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def is_gpu(device: torch.device | str | None) -> bool:
+    """True when ``device`` (a torch.device, a string, or a tensor's ``.device``) is a CUDA GPU."""
+    return device is not None and torch.device(device).type == "cuda"
+
+
 def synchronize(device: torch.device | str | None = None) -> None:
     """Wait for all queued work on ``device`` (a no-op on the CPU, where work is synchronous)."""
     dev = torch.device(device) if device is not None else get_device()
-    if dev.type == "cuda":
+    if is_gpu(dev):
         torch.cuda.synchronize(dev)
 
 

@@ -32,7 +32,10 @@ def test_trace_and_table(tmp_path, capsys):
     times = [r.time_us for r in result.rows]
     assert times == sorted(times, reverse=True)
     assert all(0 <= r.percent <= 100 for r in result.rows)
-    assert any(r.name == "aten::mm" and r.calls == 3 for r in result.rows)
+    # which ops make the top 3 depends on the machine's load; the full table must count the 3 matmuls
+    with profile_region(None, top_k=50, device="cpu", show=False) as full:
+        _work()
+    assert any(r.name == "aten::mm" and r.calls == 3 for r in full.rows)
     assert "CPU time (ms)" in out and "region.json" in out
     table_rows = [line for line in result.table.splitlines() if line[:2].strip().isdigit()]
     assert len(table_rows) == len(result.rows)

@@ -55,7 +55,7 @@ from llm_course.bench.common import (
     write_csv,
     write_meta,
 )
-from llm_course.device import get_device
+from llm_course.device import get_device, is_gpu
 from llm_course.measure import flops as FL
 from llm_course.measure.roofline import Ceilings, measure_ceilings
 
@@ -116,7 +116,7 @@ def implementations(device: torch.device) -> dict[str, Callable]:
     def sdpa_flash(q, k, v, causal):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        if device.type != "cuda":
+        if not is_gpu(device):
             raise RuntimeError("PyTorch's FlashAttention backend needs a CUDA GPU")
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -204,7 +204,7 @@ def run_memory(sizes: Sizes, dtype_name: str, device: torch.device, show: bool =
         for name, fn in impls.items():
             row = MemoryRow(name, T, B, H, D, scores_mib=scores_mib)
             rows.append(row)
-            if device.type != "cuda":
+            if not is_gpu(device):
                 row.note = "peak memory is measured on a GPU only"
                 continue
             free_memory()
@@ -417,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     if parts - {"speed", "memory", "rope"}:
         print(f"unknown parts: {', '.join(sorted(parts - {'speed', 'memory', 'rope'}))}; choose from speed, memory, rope")
         return 2
-    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    mode = "quick" if args.quick else ("gpu" if device.type == "cuda" else "cpu")
+    dtype = args.dtype or ("bf16" if is_gpu(device) else "fp32")
+    mode = "quick" if args.quick else ("gpu" if is_gpu(device) else "cpu")
     sizes = SIZES[mode]
 
     print(f"Attention benchmark on {device_name(device)} ({dtype}, {mode} sizes)")
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"{len(failed)} measurement(s) failed or were skipped; their errors are in the CSV's 'error' column")
     for r in mem:
-        if r.note and device.type == "cuda":
+        if r.note and is_gpu(device):
             print(f"memory {r.impl} T={r.T}: {r.note}")
     if args.targets:
         print("\nStage-2 targets:")

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from llm_course.device import is_gpu
 from llm_course.measure.roofline import Ceilings, RooflinePoint, plot_roofline
 from llm_course.measure.timer import Timing, benchmark
 
@@ -86,7 +87,7 @@ def measure(
     behind the flush, so the times are the kernels' own.
     """
     try:
-        t: Timing = benchmark(fn, warmup=warmup, reps=reps, device=device, flush_cache=device.type == "cuda")
+        t: Timing = benchmark(fn, warmup=warmup, reps=reps, device=device, flush_cache=is_gpu(device))
     except Exception as exc:  # a benchmark run must survive one failing kernel; the CSV says what failed
         row.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
         free_memory()
@@ -118,7 +119,7 @@ def device_slug(name: str) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return torch.cuda.get_device_name(device) if is_gpu(device) else "cpu"
 
 
 def write_csv(rows: Sequence[BenchRow], path: str | Path) -> Path:
@@ -158,7 +159,7 @@ def metadata(device: torch.device, ceilings: Ceilings | None, **extra) -> dict:
         "torch": torch.__version__,
         "triton": triton_version,
         "triton_mode": triton_mode(),
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if is_gpu(device) else None,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "ceilings": dataclasses.asdict(ceilings) if ceilings is not None else None,
     }

@@ -53,7 +53,7 @@ from llm_course.bench.common import (
     write_csv,
     write_meta,
 )
-from llm_course.device import get_device
+from llm_course.device import get_device, is_gpu
 from llm_course.measure import flops as F
 from llm_course.measure.peaks import lookup
 from llm_course.measure.roofline import Ceilings, measure_ceilings
@@ -175,7 +175,7 @@ def implementations(op: str, compile_: bool, device: torch.device) -> dict[str, 
     impls: dict[str, Callable] = {"torch": implementation(base, "torch")}  # first: the baseline of vs_torch
     if compile_:
         impls["torch.compile"] = torch.compile(implementation(base, "torch"), dynamic=False)
-    if base == "rms_norm" and device.type == "cuda":
+    if base == "rms_norm" and is_gpu(device):
         liger = _liger_rms_norm()
         if liger is not None:
             impls["liger"] = liger
@@ -199,7 +199,7 @@ def run(
     for op in ops:
         sizes = [(0, 0, n) for n in MATMUL_N[mode]] if op == "matmul" else [(r, cols, 0) for r in ROWS[mode]]
         impls = implementations(op, compile_, device)
-        if op == "rms_norm" and device.type == "cuda" and "liger" not in impls and show:
+        if op == "rms_norm" and is_gpu(device) and "liger" not in impls and show:
             print("(liger_kernel is not installed: no Liger comparison)")
         for rows, c, n in sizes:
             size = f"{n}^3" if op == "matmul" else f"{rows}x{c}"
@@ -304,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown ops: {', '.join(unknown)}; choose from {', '.join(OPS)}")
         return 2
-    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    mode = "quick" if args.quick else ("gpu" if device.type == "cuda" else "cpu")
+    dtype = args.dtype or ("bf16" if is_gpu(device) else "fp32")
+    mode = "quick" if args.quick else ("gpu" if is_gpu(device) else "cpu")
 
     print(f"Stage-1 kernel benchmark on {device_name(device)} ({dtype}, {mode} sizes)")
     ceilings = measure_ceilings(device, quick=args.quick)

@@ -36,7 +36,7 @@ import torch
 
 from llm_course.backends import use_backend
 from llm_course.bench.common import device_name, device_slug, free_memory, metadata, write_meta
-from llm_course.device import get_device, synchronize
+from llm_course.device import get_device, synchronize, is_gpu
 from llm_course.measure import flops as FL
 from llm_course.measure.timer import benchmark
 
@@ -149,10 +149,10 @@ def run(cfg: LayerConfig, dtype_name: str, device: torch.device, layers=LAYERS, 
                     step = step_of(layer, x, dy, backend, backward)
                     ctx = torch.enable_grad() if backward else torch.no_grad()
                     with ctx:
-                        t = benchmark(step, warmup=cfg.warmup, reps=cfg.reps, device=device, flush_cache=device.type == "cuda")
+                        t = benchmark(step, warmup=cfg.warmup, reps=cfg.reps, device=device, flush_cache=is_gpu(device))
                         row.ms = t.median_ms
                         row.tflops = row.flops / (t.median_ms / 1e3) / 1e12
-                        if device.type == "cuda":
+                        if is_gpu(device):
                             synchronize(device)
                             torch.cuda.reset_peak_memory_stats(device)
                             before = torch.cuda.memory_allocated(device)
@@ -235,12 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     if set(layers) - set(LAYERS):
         print(f"unknown layers: {', '.join(sorted(set(layers) - set(LAYERS)))}; choose from {', '.join(LAYERS)}")
         return 2
-    cfg = dataclasses.replace(QUICK) if args.quick or device.type != "cuda" else LayerConfig()
+    cfg = dataclasses.replace(QUICK) if args.quick or not is_gpu(device) else LayerConfig()
     if args.batch:
         cfg.batch = args.batch
     if args.seq:
         cfg.seq = args.seq
-    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = args.dtype or ("bf16" if is_gpu(device) else "fp32")
     print(f"Layer benchmark on {device_name(device)} ({dtype}): B={cfg.batch} T={cfg.seq} C={cfg.hidden}, "
           f"{cfg.heads} heads / {cfg.kv_heads} kv heads of {cfg.head_dim}")  # fmt: skip
     rows = run(cfg, dtype, device, layers)

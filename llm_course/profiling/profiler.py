@@ -30,7 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity
 from torch.profiler import profile as _torch_profile
 
-from llm_course.device import get_device, synchronize
+from llm_course.device import get_device, synchronize, is_gpu
 
 
 @dataclass
@@ -103,13 +103,13 @@ class profile_region:
         self.device = torch.device(device) if device is not None else get_device()
         self.show = show
         self.record_shapes = record_shapes
-        self.time_kind = "device" if self.device.type == "cuda" else "cpu"
+        self.time_kind = "device" if is_gpu(self.device) else "cpu"
         self.result = ProfileResult(time_kind=self.time_kind)
         self._prof = None
 
     def __enter__(self) -> ProfileResult:
         activities = [ProfilerActivity.CPU]
-        if self.device.type == "cuda":
+        if is_gpu(self.device):
             activities.append(ProfilerActivity.CUDA)
         synchronize(self.device)  # earlier work is not part of the region
         self._prof = _torch_profile(activities=activities, record_shapes=self.record_shapes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from llm_course.device import check_triton_dtype, has_gpu
+from llm_course.device import check_triton_dtype, has_gpu, is_gpu
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -27,7 +27,7 @@ def check_tensor(
     """Check one input: a tensor, on a device Triton can run on, of a supported dtype and rank."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type == "cuda":
+    if is_gpu(t.device):
         pass
     elif t.device.type == "cpu":
         if has_gpu():

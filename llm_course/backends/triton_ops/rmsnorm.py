@@ -26,7 +26,7 @@ registers); x of any leading shape is seen as (M, N) rows.
 
 from __future__ import annotations
 
-from llm_course.device import configure_triton, is_interpreter
+from llm_course.device import configure_triton, is_interpreter, is_gpu
 
 configure_triton()
 
@@ -65,7 +65,7 @@ def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
     About 16 warps per SM: 2 programs of 8 warps, 4 of 4, 1 of 16. Fewer in the
     interpreter, where programs run one after another anyway.
     """
-    if is_interpreter() or device.type != "cuda":
+    if is_interpreter() or not is_gpu(device):
         return max(1, min(n_rows, 4))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(n_rows, sms * max(1, 16 // num_warps)))
