@@ -134,7 +134,7 @@ def _order(ex: ExerciseResult, records: list[dict]) -> int:
     return next(i for i, r in enumerate(records) if r["exercise"] == ex.name)
 
 
-def format_report(report: GradeReport, width: int = 100) -> str:
+def format_report(report: GradeReport, width: int = 120) -> str:
     """The learner's table: exercise, points, passed or not, and why not."""
     lines = [f"Graded against {report.impl}/"]
     if report.problem:
