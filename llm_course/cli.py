@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("progress", help="points per stage")
     p.add_argument("--impl", default=None)
     p.add_argument("--strict", action="store_true")
-    b = sub.add_parser("bench", help="benchmarks; extra arguments go to the benchmark (try --help)")
+    b = sub.add_parser("bench", add_help=False, help="benchmarks; `llm-course bench kernels --help` lists a benchmark's options")
     b.add_argument("what", choices=sorted(BENCHES))
     t = sub.add_parser("build-tokenizer", help="rebuild configs/tokenizer from the default corpus")
     t.add_argument("--vocab-size", type=int, default=None)

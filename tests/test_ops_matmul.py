@@ -20,7 +20,7 @@ from llm_course.backends import use_backend
 from llm_course.backends.torch_ops import matmul as torch_mm
 from llm_course.backends.triton_ops import linear as tri_linear
 from llm_course.backends.triton_ops import matmul as tri_mm
-from llm_course.device import get_device, has_gpu, is_interpreter
+from llm_course.device import get_device, is_interpreter
 from llm_course.grading.checks import assert_close
 from llm_course.models.components import Linear
 

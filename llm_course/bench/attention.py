@@ -31,7 +31,6 @@ flushed before each call (``llm_course.bench.common.measure``).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import math
@@ -43,13 +42,15 @@ import torch
 import torch.nn.functional as F
 
 from llm_course.bench.common import (
+    DTYPES,
     BenchRow,
+    bench_parser,
     device_name,
-    device_slug,
     format_table,
     free_memory,
     measure,
     metadata,
+    output_dir,
     read_csv,
     read_meta,
     write_csv,
@@ -59,7 +60,6 @@ from llm_course.device import get_device, is_gpu
 from llm_course.measure import flops as FL
 from llm_course.measure.roofline import Ceilings, measure_ceilings
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 IMPLS = ("triton", "sdpa", "sdpa_flash")
 CSV_NAME, MEM_CSV_NAME, META_NAME = "attention.csv", "attention_memory.csv", "meta.json"
 TFLOPS_PNG, MEMORY_PNG = "attention_tflops.png", "attention_memory.png"
@@ -395,20 +395,15 @@ def draw_charts(out_dir: str | Path) -> list[Path]:
 
 
 def parse_args(argv: list[str] | None):
-    p = argparse.ArgumentParser(prog="llm-course bench attention", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on a GPU, fp32 on the CPU")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few runs (smoke test)")
+    p = bench_parser("attention", __doc__)
     p.add_argument("--parts", default="speed,memory,rope", help="comma-separated, from: speed, memory, rope")
-    p.add_argument("--targets", action="store_true", help="print a pass/fail summary of the stage-2 targets")
-    p.add_argument("--out", default=None, help="output folder (default bench_out/<device>/)")
-    p.add_argument("--redraw", action="store_true", help="only redraw the charts from --out's CSV files")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = get_device()
-    out_dir = Path(args.out) if args.out else Path("bench_out") / device_slug(device_name(device))
+    out_dir = output_dir(args, device)
     if args.redraw:
         for path in draw_charts(out_dir):
             print(f"wrote {path}")

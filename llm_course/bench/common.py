@@ -14,6 +14,7 @@ A benchmark run writes, into its output folder:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import datetime
@@ -68,6 +69,25 @@ _FLOAT_FIELDS = {f.name for f in dataclasses.fields(BenchRow) if f.type in ("flo
 
 
 # --- measuring -------------------------------------------------------------------------------
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def bench_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark script shares: --dtype, --quick, --targets, --out, --redraw."""
+    p = argparse.ArgumentParser(prog=f"llm-course bench {name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on a GPU, fp32 on the CPU")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few runs (smoke test)")
+    p.add_argument("--targets", action="store_true", help="print a pass/fail summary of the course's speed targets")
+    p.add_argument("--out", default=None, help="output folder (default bench_out/<device>/)")
+    p.add_argument("--redraw", action="store_true", help="only redraw the charts from --out's CSV files")
+    return p
+
+
+def output_dir(args: argparse.Namespace, device: torch.device) -> Path:
+    """--out, or bench_out/<device name>/."""
+    return Path(args.out) if args.out else Path("bench_out") / device_slug(device_name(device))
 
 
 def free_memory() -> None:

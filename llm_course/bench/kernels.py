@@ -27,9 +27,7 @@ matmul is square, (n, n) @ (n, n).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -37,15 +35,17 @@ import torch
 
 from llm_course.backends.registry import implementation
 from llm_course.bench.common import (
+    DTYPES,
     BenchRow,
+    bench_parser,
     ceilings_from_meta,
     device_name,
-    device_slug,
     fill_vs_baseline,
     format_table,
     free_memory,
     measure,
     metadata,
+    output_dir,
     read_csv,
     read_meta,
     roofline_chart,
@@ -59,7 +59,6 @@ from llm_course.measure.peaks import lookup
 from llm_course.measure.roofline import Ceilings, measure_ceilings
 
 OPS = ("add", "softmax", "rms_norm", "rms_norm_fwd_bwd", "layer_norm", "layer_norm_fwd_bwd", "matmul")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EPS = 1e-6
 
 # Sizes: (GPU default, CPU default, --quick). Row ops are (rows, COLS); matmul is n^3.
@@ -280,21 +279,16 @@ def draw_charts(out_dir: str | Path) -> list[Path]:
 
 
 def parse_args(argv: list[str] | None):
-    p = argparse.ArgumentParser(prog="llm-course bench kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser("kernels", __doc__)
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, from: {', '.join(OPS)}")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on a GPU, fp32 on the CPU")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few runs (smoke test)")
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
-    p.add_argument("--targets", action="store_true", help="print a pass/fail summary of the stage-1 targets")
-    p.add_argument("--out", default=None, help="output folder (default bench_out/<device>/)")
-    p.add_argument("--redraw", action="store_true", help="only redraw the charts from --out's CSV")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = get_device()
-    out_dir = Path(args.out) if args.out else Path("bench_out") / device_slug(device_name(device))
+    out_dir = output_dir(args, device)
     if args.redraw:
         for path in draw_charts(out_dir):
             print(f"wrote {path}")

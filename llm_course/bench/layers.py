@@ -35,12 +35,11 @@ from typing import Callable
 import torch
 
 from llm_course.backends import use_backend
-from llm_course.bench.common import device_name, device_slug, free_memory, metadata, write_meta
+from llm_course.bench.common import DTYPES, device_name, free_memory, metadata, output_dir, write_meta
 from llm_course.device import get_device, synchronize, is_gpu
 from llm_course.measure import flops as FL
 from llm_course.measure.timer import benchmark
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BACKENDS = ("torch", "triton")
 LAYERS = ("attention", "swiglu_mlp", "gpt2_mlp")
 CSV_NAME, META_NAME, PNG_NAME = "layers.csv", "layers_meta.json", "layers.png"
@@ -156,10 +155,9 @@ def run(cfg: LayerConfig, dtype_name: str, device: torch.device, layers=LAYERS, 
                             synchronize(device)
                             torch.cuda.reset_peak_memory_stats(device)
                             before = torch.cuda.memory_allocated(device)
-                            out = step()
+                            step()
                             synchronize(device)
                             row.peak_mib = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-                            del out
                 except Exception as exc:  # one failing layer must not stop the run
                     row.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
                 if show:
@@ -230,7 +228,7 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = get_device()
-    out_dir = Path(args.out) if args.out else Path("bench_out") / device_slug(device_name(device))
+    out_dir = output_dir(args, device)
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     if set(layers) - set(LAYERS):
         print(f"unknown layers: {', '.join(sorted(set(layers) - set(LAYERS)))}; choose from {', '.join(LAYERS)}")
