@@ -1,7 +1,8 @@
 """Grade the exercises: run their tests against an implementation, print a table.
 
 ``llm-course grade 0`` in a shell, or ``grade(0)`` in a notebook. The tests of
-stage N live in ``tests/exercises/test_stageN_*.py``; each test is marked with
+stage N live in ``tests/exercises/test_stageN_<k>_<topic>.py`` (k: the order in which
+the course meets them, which is the order of the table); each test is marked with
 the exercise it checks::
 
     @pytest.mark.exercise("bpe_merge", stage=0, points=2, title="BPE: merge a pair")
