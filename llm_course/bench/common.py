@@ -103,8 +103,9 @@ def measure(
     """Time ``fn()`` into ``row``; an exception is recorded in ``row.error`` instead of stopping the run.
 
     On a GPU the L2 cache is flushed before each timed call (as ``triton.testing.do_bench``
-    does): every call reads its inputs from memory, and the host's launch overhead hides
-    behind the flush, so the times are the kernels' own.
+    does), so every call reads its inputs from memory, and the GPU then waits about a
+    millisecond, long enough for the host to queue the whole call: the times are the
+    kernels' own, without Python's launch overhead (``llm_course.measure.timer._flusher``).
     """
     try:
         t: Timing = benchmark(fn, warmup=warmup, reps=reps, device=device, flush_cache=is_gpu(device))

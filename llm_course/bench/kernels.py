@@ -149,19 +149,15 @@ def call_of(op: str, fn: Callable, inp: dict) -> Callable[[], object]:
 
 
 def _liger_rms_norm() -> Callable | None:
+    """Liger-Kernel's RMSNorm autograd function with the registry's signature, or None."""
     if importlib.util.find_spec("liger_kernel") is None:
         return None
-    from liger_kernel.transformers.rms_norm import LigerRMSNorm
+    from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 
-    modules: dict = {}
-
-    def liger(x, weight, eps):  # Liger's module holds the weight; share ours with it
-        key = (weight.data_ptr(), weight.shape[0])
-        if key not in modules:
-            m = LigerRMSNorm(weight.shape[0], eps=eps).to(device=weight.device, dtype=weight.dtype)
-            m.weight = torch.nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
-            modules[key] = m
-        return modules[key](x)
+    def liger(x, weight, eps):
+        # offset 0, Llama's casting (as Hugging Face's Qwen2/Llama RMSNorm); in_place=False:
+        # Liger's default writes dx over dy, and dy is shared by every implementation timed
+        return LigerRMSNormFunction.apply(x, weight, eps, 0.0, "llama", False)
 
     return liger
 

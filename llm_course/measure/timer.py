@@ -46,6 +46,9 @@ from llm_course.device import get_device, synchronize as device_synchronize
 # (H100: 50 MB, H200: 60 MB) and than most CPUs' last-level caches.
 FLUSH_BYTES_GPU = 256 * 2**20
 FLUSH_BYTES_CPU = 64 * 2**20
+# GPU clock cycles the flush waits on the device (about 1 ms at 2 GHz), so that the host
+# can queue the timed call meanwhile (see _flusher)
+HOST_HEADSTART_CYCLES = 2_000_000
 
 
 @dataclass
@@ -143,9 +146,26 @@ def host_times(
 
 
 def _flusher(device: torch.device) -> Callable[[], Any]:
+    """What ``flush_cache=True`` runs before each timed call.
+
+    On a GPU it also queues a wait of about a millisecond (``torch.cuda._sleep``,
+    a kernel that spins for a number of clock cycles) behind the flush. While the
+    GPU spins, the host queues the whole timed call, so the GPU never waits for
+    Python in between: what the events measure is the GPU's work, not the
+    launch overhead. (Without it an op whose host-side cost -- argument checks,
+    autograd, kernel launches -- exceeds its GPU time would be timed by the host.)
+    """
     nbytes = FLUSH_BYTES_CPU if device.type == "cpu" else FLUSH_BYTES_GPU
     buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    return buf.zero_
+    spin = getattr(torch.cuda, "_sleep", None) if device.type == "cuda" else None
+    if spin is None:
+        return buf.zero_
+
+    def flush():
+        buf.zero_()
+        spin(HOST_HEADSTART_CYCLES)
+
+    return flush
 
 
 def benchmark(
@@ -164,7 +184,8 @@ def benchmark(
     events (:func:`event_times`), on the CPU with the host clock. ``device``
     defaults to ``llm_course.get_device()``; it must be where ``fn`` runs.
     ``flush_cache=True`` overwrites a large buffer before each timed run
-    (outside the timed part), so every run starts with a cold cache.
+    (outside the timed part), so every run starts with a cold cache; on a GPU it
+    also gives the host a head start, so that the launch overhead is not timed.
     """
     dev = torch.device(device) if device is not None else get_device()
     sets = list(args_list) if args_list else [()]

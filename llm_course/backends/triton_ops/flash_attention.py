@@ -141,8 +141,12 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
         # online softmax in base 2: the new running max of the scaled scores (scale > 0,
         # so the max of qk times the scale is the max of the scaled scores) ...
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        # ... (a row that has seen no key yet has m = -inf: subtract 0 instead, no NaN) ...
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        # ... (a row whose keys are all masked has m = -inf: subtract 0 instead, no NaN;
+        # without a mask every score is finite and the check is left out) ...
+        if MASKED or HAS_PAD:
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_sub = m_new
         # ... then p = exp2(qk * scale * log2(e) - m): one fused multiply-add a score
         p = tl.exp2(qk * qk_scale - m_sub[:, None])  # (BLOCK_M, BLOCK_N)
         alpha = tl.exp2(m_i - m_sub)  # (BLOCK_M,) rescale factor for the old sums

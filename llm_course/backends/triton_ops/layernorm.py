@@ -14,8 +14,9 @@ Forward: one program per row, whole row in registers; saves ``mean`` and
 
 The two extra terms of dx come from every x_i also moving the row's mean and
 variance. dweight and dbias are reduced like RMSNorm's dweight
-(``rmsnorm.py``): each program loops over a block of rows and writes partial
-sums, one row of a (num_programs, N) float32 buffer each, summed at the end.
+(``rmsnorm.py``): each program loops over a block of rows and writes its partial
+sums as one row of a (2, num_programs, N) float32 buffer (dweight's, dbias's); one
+``.sum()`` at the end reduces both, one small kernel instead of two.
 
 Means are sums times ``inv_n = 1 / N``, computed on the host: a division on
 the GPU is approximate (within 2 ulp), and rows of (nearly) equal values, whose
@@ -139,10 +140,10 @@ def layernorm_forward(
     _check(x, weight, bias)
     M, N = x.shape
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    mean = torch.zeros(M, dtype=torch.float32, device=x.device)
-    rstd = torch.full((M,), eps**-0.5 if eps > 0 else float("inf"), dtype=torch.float32, device=x.device)
-    if M == 0 or N == 0:
-        return y, mean, rstd
+    mean = torch.empty(M, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+    if M == 0 or N == 0:  # rows of no elements: mean 0, rstd as for a variance of 0
+        return y, mean.zero_(), rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(N)
     w = weight.contiguous()
     layernorm_fwd_kernel[(M,)](
@@ -173,16 +174,17 @@ def layernorm_backward(
     programs = backward_programs(M, num_warps, x.device)
     rows_per_program = triton.cdiv(M, programs)
     programs = triton.cdiv(M, rows_per_program)
-    dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
-    db_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else dw_partial
+    # partial sums: [0] dweight, [1] dbias, one row per program; one .sum() reduces both
+    partial = torch.empty((2 if has_bias else 1, programs, N), dtype=torch.float32, device=x.device)
     layernorm_bwd_kernel[(programs,)](
-        dy, x, weight.contiguous(), mean, rstd, dx, dw_partial, db_partial,
+        dy, x, weight.contiguous(), mean, rstd, dx, partial[0], partial[-1],
         dy.stride(0), x.stride(0), dx.stride(0), M, N, 1.0 / N, rows_per_program,
         HAS_BIAS=has_bias, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, x.element_size()),
         num_warps=num_warps,
     )  # fmt: skip
-    dw = dw_partial.sum(dim=0).to(weight.dtype)
-    db = db_partial.sum(dim=0).to(bias.dtype) if has_bias else None
+    sums = partial.sum(dim=1)  # (2 or 1, N) float32
+    dw = sums[0].to(weight.dtype)
+    db = sums[1].to(bias.dtype) if has_bias else None
     return dx, dw, db
 
 

@@ -64,6 +64,8 @@ def _config(bm: int, bn: int, bk: int, stages: int, warps: int, group: int = 8) 
 # autotuner as "out of resources".
 GPU_CONFIGS = [
     _config(128, 256, 64, 3, 8),
+    _config(128, 256, 64, 3, 8, group=4),  # the group height that pays depends on the size
+    _config(128, 256, 64, 3, 8, group=16),  # (H200: 4 best at 4096^3, 16 or 8 at 8192^3)
     _config(256, 128, 64, 3, 8),
     _config(128, 256, 64, 4, 8),  # deeper pipeline for the largest products
     _config(256, 128, 64, 4, 8),
