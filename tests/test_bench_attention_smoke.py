@@ -24,9 +24,9 @@ def attention_run(tmp_path_factory):
 
 
 def test_attention_bench_writes_its_files(attention_run):
-    for name in ("attention.csv", "attention_memory.csv", "meta.json", "attention_tflops.png", "attention_memory.png"):
+    for name in ("attention.csv", "attention_memory.csv", "attention_meta.json", "attention_tflops.png", "attention_memory.png"):
         assert (attention_run / name).stat().st_size > 0, name
-    meta = json.loads((attention_run / "meta.json").read_text())
+    meta = json.loads((attention_run / "attention_meta.json").read_text())
     assert meta["benchmark"] == "attention" and meta["ceilings"]["bandwidth_gbs"] > 0
 
 

@@ -32,7 +32,7 @@ def test_quick_run_writes_csv_meta_and_charts(tmp_path, capsys):
         assert math.isclose(r.gbs, r.bytes / (r.ms / 1e3) / 1e9, rel_tol=1e-4)
         assert math.isfinite(r.frac_bandwidth) and math.isfinite(r.vs_torch)
 
-    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta = json.loads((tmp_path / "kernels_meta.json").read_text())
     for key in ("device", "torch", "triton", "date", "ceilings"):
         assert key in meta
     assert meta["ceilings"]["bandwidth_gbs"] > 0 and meta["ceilings"]["flops_tflops"] > 0

@@ -24,7 +24,7 @@ Three measurements in one run:
 
 Files in ``--out`` (default ``bench_out/<device>/``): ``attention.csv`` (speed and
 RoPE rows, failures included with their error), ``attention_memory.csv``,
-``meta.json`` (GPU, versions, date, ceilings), ``attention_tflops.png`` and
+``attention_meta.json`` (GPU, versions, date, ceilings), ``attention_tflops.png`` and
 ``attention_memory.png``. Times are medians of device times with the L2 cache
 flushed before each call (``llm_course.bench.common.measure``).
 """
@@ -61,7 +61,7 @@ from llm_course.measure import flops as FL
 from llm_course.measure.roofline import Ceilings, measure_ceilings
 
 IMPLS = ("triton", "sdpa", "sdpa_flash")
-CSV_NAME, MEM_CSV_NAME, META_NAME = "attention.csv", "attention_memory.csv", "meta.json"
+CSV_NAME, MEM_CSV_NAME, META_NAME = "attention.csv", "attention_memory.csv", "attention_meta.json"
 TFLOPS_PNG, MEMORY_PNG = "attention_tflops.png", "attention_memory.png"
 
 
@@ -378,7 +378,7 @@ def memory_chart(rows: list[MemoryRow], path: Path, title: str = "") -> Path:
 
 
 def draw_charts(out_dir: str | Path) -> list[Path]:
-    """Both charts from ``out_dir``'s CSV files and meta.json (no measuring)."""
+    """Both charts from ``out_dir``'s CSV files and attention_meta.json (no measuring)."""
     out_dir = Path(out_dir)
     meta = read_meta(out_dir / META_NAME)
     label = f"{meta['device']}, {meta.get('dtype', '')}"

@@ -5,8 +5,9 @@ A benchmark run writes, into its output folder:
 
 * ``<name>.csv``  -- one row per (op, size, implementation) with every number
   (:class:`BenchRow`); a failed measurement is a row with its ``error`` set;
-* ``meta.json``   -- the machine (GPU name, torch and triton versions, date) and
-  the ceilings measured in the same run;
+* ``<name>_meta.json`` -- the machine (GPU name, torch and triton versions, date) and
+  the ceilings measured in the same run (one file per benchmark, so that
+  benchmarks sharing an output folder keep each its own);
 * charts drawn from the CSV by functions that read it back
   (:func:`read_csv`, :func:`speed_chart`, :func:`roofline_chart`), so they can be
   redrawn, or restyled, without measuring again.

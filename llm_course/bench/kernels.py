@@ -17,7 +17,7 @@ ceilings measured in the same run: a device-to-device copy and a large
 
 Files in ``--out`` (default ``bench_out/<device>/``): ``kernels.csv`` (one row
 per op, size and implementation, failures included with their error),
-``meta.json`` (GPU, versions, date, ceilings), ``kernels_speed.png`` and
+``kernels_meta.json`` (GPU, versions, date, ceilings), ``kernels_speed.png`` and
 ``kernels_roofline.png``.
 
 Times are medians of device times with the L2 cache flushed before each call
@@ -66,7 +66,7 @@ ROWS = {"gpu": [4096, 8192, 16384, 32768], "cpu": [64, 256], "quick": [16, 32]}
 COLS = {"gpu": 4096, "cpu": 512, "quick": 128}
 MATMUL_N = {"gpu": [1024, 2048, 4096, 8192], "cpu": [64, 128], "quick": [16, 32]}
 REPS = {"gpu": (5, 30), "cpu": (1, 3), "quick": (1, 2)}  # (warm-up calls, timed calls)
-CSV_NAME, META_NAME = "kernels.csv", "meta.json"
+CSV_NAME, META_NAME = "kernels.csv", "kernels_meta.json"
 SPEED_PNG, ROOFLINE_PNG = "kernels_speed.png", "kernels_roofline.png"
 
 
@@ -258,7 +258,7 @@ def check_targets(rows: list[BenchRow], ceilings: Ceilings) -> list[tuple[str, s
 
 
 def draw_charts(out_dir: str | Path) -> list[Path]:
-    """Draw both charts from ``out_dir``'s CSV and meta.json (no measuring)."""
+    """Draw both charts from ``out_dir``'s CSV and kernels_meta.json (no measuring)."""
     out_dir = Path(out_dir)
     rows = read_csv(out_dir / CSV_NAME)
     meta = read_meta(out_dir / META_NAME)
