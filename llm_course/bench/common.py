@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from llm_course import paths
 from llm_course.device import is_gpu
 from llm_course.measure.roofline import Ceilings, RooflinePoint, plot_roofline
 from llm_course.measure.timer import Timing, benchmark
@@ -81,14 +82,14 @@ def bench_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few runs (smoke test)")
     p.add_argument("--targets", action="store_true", help="print a pass/fail summary of the course's speed targets")
-    p.add_argument("--out", default=None, help="output folder (default bench_out/<device>/)")
+    p.add_argument("--out", default=None, help="output folder (default bench_out/<device>/, or $LLM_COURSE_BENCH_DIR/<device>/)")
     p.add_argument("--redraw", action="store_true", help="only redraw the charts from --out's CSV files")
     return p
 
 
 def output_dir(args: argparse.Namespace, device: torch.device) -> Path:
-    """--out, or bench_out/<device name>/."""
-    return Path(args.out) if args.out else Path("bench_out") / device_slug(device_name(device))
+    """--out, or <bench folder>/<device name>/ (``llm_course.paths.bench_dir()``: bench_out/ in the clone)."""
+    return Path(args.out) if args.out else paths.bench_dir() / device_slug(device_name(device))
 
 
 def free_memory() -> None:

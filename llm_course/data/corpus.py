@@ -39,6 +39,8 @@ import sysconfig
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from llm_course import paths
+
 DEFAULT_MAX_BYTES = 5_000_000
 DEFAULT_MAX_FILE_BYTES = 300_000
 SAMPLE_MAX_BYTES = 200_000  # the size limit of data/sample_pretrain.jsonl
@@ -159,9 +161,7 @@ def read_jsonl(path: str | os.PathLike, field: str = "text") -> Iterator[str]:
 
 def sample_path() -> Path:
     """``data/sample_pretrain.jsonl`` in the course repository."""
-    from llm_course.grading.adapter import repo_root
-
-    return repo_root() / "data" / "sample_pretrain.jsonl"
+    return paths.data_dir() / "sample_pretrain.jsonl"
 
 
 def load_sample() -> list[str]:

@@ -31,20 +31,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from llm_course.paths import repo_root
+
 ENV_IMPL = "LLM_COURSE_IMPL"
 NAMED_IMPLS = ("exercises", "solutions")
-
-
-def repo_root() -> Path:
-    """The course repository: the folder that holds ``exercises/`` and ``solutions/``."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "exercises").is_dir() and (parent / "solutions").is_dir():
-            return parent
-    raise FileNotFoundError(
-        "cannot find the course repository (a folder with exercises/ and solutions/) above "
-        f"{here.parent.name}; install the course with `pip install -e .` from a clone"
-    )
 
 
 def resolve_impl(impl: str | os.PathLike | None = None) -> Path:

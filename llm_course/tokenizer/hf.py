@@ -33,6 +33,8 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from llm_course import paths
+
 EOS_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -47,7 +49,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "configs" / "tokenizer"
+DEFAULT_DIR = paths.configs_dir() / "tokenizer"  # the course's default tokenizer ($LLM_COURSE_CONFIGS_DIR moves it)
 
 
 def new_byte_level_bpe() -> Tokenizer:
