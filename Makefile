@@ -1,7 +1,10 @@
 # The course in two commands:
-#   make lab    set up (first time only) and open the notebooks in JupyterLab
+#   make lab    set up (first time only) and open JupyterLab at the repository root, on the
+#               first notebook (notebooks/, exercises/ and results/ are all reachable from it)
 #   make test   set up (first time only), then run the tests and every notebook, with
-#               the solutions and with the untouched exercise stubs
+#               the untouched exercise stubs and with the solutions
+# For the course's maintainers:
+#   make notebooks   re-execute every notebook with the untouched stubs and store its outputs
 #
 # Set-up: a virtual environment in .venv, the project installed editable with the
 # exact versions pinned in requirements.txt. Use PYTHON=python3.12 (say) to pick
@@ -12,13 +15,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.llm-course-installed
 JOBS   ?= 2
-NBVAL  := $(BIN)/python -m pytest notebooks --nbval --nbval-current-env -p no:xdist \
-          --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=600
+FIRST_NOTEBOOK := notebooks/00a_text_to_tokens.ipynb
+SANITIZE := tests/notebooks
+NBVAL  := TQDM_DISABLE=1 $(BIN)/python -m pytest notebooks --nbval --nbval-current-env -p no:xdist \
+          --nbval-cell-timeout=600
 
-.PHONY: lab test test-unit test-notebooks grade setup doctor clean
+.PHONY: lab test test-unit test-notebooks notebooks grade setup doctor clean
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+	$(BIN)/jupyter lab --ServerApp.root_dir=. $(FIRST_NOTEBOOK) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP)
 	$(MAKE) --no-print-directory test-unit
@@ -27,13 +32,20 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests -n $(JOBS)
 
-# Every notebook, top to bottom on the CPU: once with the solutions (outputs compared
-# with the stored ones) and once with the untouched stubs (the notebooks fall back to
-# the course's reference code; grader rows are expected to differ).
+# Every notebook, top to bottom on the CPU. The stored outputs are those of the untouched
+# stubs (make notebooks): the run with exercises/ must reproduce them, up to timings and
+# addresses (sanitize.cfg). The run with solutions/ must give the same outputs except
+# which implementation each exercise cell used and the grader's verdicts
+# (sanitize_solutions.cfg, added to sanitize.cfg).
 test-notebooks: $(STAMP)
-	LLM_COURSE_IMPL=solutions $(NBVAL)
-	cat notebooks/nbval_sanitize.cfg notebooks/nbval_sanitize_stubs.cfg > $(VENV)/nbval_sanitize_stubs.cfg
-	LLM_COURSE_IMPL=exercises $(NBVAL) --nbval-sanitize-with $(VENV)/nbval_sanitize_stubs.cfg
+	LLM_COURSE_IMPL=exercises $(NBVAL) --nbval-sanitize-with $(SANITIZE)/sanitize.cfg
+	cat $(SANITIZE)/sanitize.cfg $(SANITIZE)/sanitize_solutions.cfg > $(VENV)/nbval_sanitize_solutions.cfg
+	LLM_COURSE_IMPL=solutions $(NBVAL) --nbval-sanitize-with $(VENV)/nbval_sanitize_solutions.cfg
+
+# Re-execute every notebook with the untouched stubs and store the outputs (for the
+# course's maintainers, after changing a notebook or what it prints). NOTEBOOKS=... picks some.
+notebooks: $(STAMP)
+	$(BIN)/python tests/notebooks/execute.py $(NOTEBOOKS)
 
 grade: $(STAMP)
 	$(BIN)/llm-course grade
