@@ -20,6 +20,7 @@ def matmul_flops(M: int, N: int, K: int) -> int:
 
     Hint: count the multiplies and the adds separately, then add them up.
     """
+    # Your code here (exercise count_matmul)
     raise NotImplementedError("count the FLOPs of an (M, K) @ (K, N) matmul")
 
 
@@ -30,6 +31,7 @@ def matmul_bytes(M: int, N: int, K: int, dtype_bytes: int) -> int:
 
     Hint: three matrices, each touched exactly once.
     """
+    # Your code here (exercise count_matmul)
     raise NotImplementedError("count the bytes a matmul reads and writes")
 
 
@@ -41,6 +43,7 @@ def softmax_flops(rows: int, cols: int) -> int:
 
     Hint: the per-element count times the number of elements.
     """
+    # Your code here (exercise count_softmax)
     raise NotImplementedError("count the FLOPs of a row-wise softmax")
 
 
@@ -52,6 +55,7 @@ def softmax_bytes(rows: int, cols: int, dtype_bytes: int) -> int:
 
     Hint: two tensors of rows*cols elements.
     """
+    # Your code here (exercise count_softmax)
     raise NotImplementedError("count the bytes a row-wise softmax reads and writes")
 
 
@@ -72,4 +76,5 @@ def attention_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: i
     Hint: use 2*M*N*K for each matmul; the answer is a multiple of
     batch * heads * q_len * kv_len * head_dim.
     """
+    # Your code here (exercise count_attention)
     raise NotImplementedError("count the forward FLOPs of attention")

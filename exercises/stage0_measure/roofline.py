@@ -23,6 +23,7 @@ def attainable_tflops(intensity: float, peak_tflops: float, bandwidth_gbs: float
 
     Hint: ``intensity * bandwidth_gbs`` is in GFLOP/s; convert it before comparing with TFLOP/s.
     """
+    # Your code here (exercise roofline)
     raise NotImplementedError("compute the roofline's attainable TFLOP/s")
 
 
@@ -34,4 +35,5 @@ def bound(intensity: float, peak_tflops: float, bandwidth_gbs: float) -> str:
 
     Hint: find the ridge point in FLOP/byte; mind the units (TFLOP/s and GB/s).
     """
+    # Your code here (exercise roofline)
     raise NotImplementedError("say whether the op is memory- or compute-bound")

@@ -35,6 +35,7 @@ def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
 
     Hint: a ``while`` loop over an index ``i`` that moves by 2 after a merge and by 1 otherwise.
     """
+    # Your code here (exercise bpe_merge)
     raise NotImplementedError("merge: replace each (a, b) in ids by new_id, left to right, in a new list")
 
 
@@ -63,6 +64,7 @@ def encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
     Hint: ``set(zip(ids, ids[1:]))`` are the pairs present; ``merges.get(p, float("inf"))``
     gives a pair that has no merge an infinite rank.
     """
+    # Your code here (exercise bpe_encode)
     raise NotImplementedError("encode: UTF-8 bytes, then apply the merges present, lowest new_id first")
 
 
@@ -84,4 +86,5 @@ def decode(ids: list[int], vocab: dict[int, bytes]) -> str:
 
     Hint: ``b"".join(...)``.
     """
+    # Your code here (exercise bpe_decode)
     raise NotImplementedError("decode: join the bytes of all the ids, then decode UTF-8 with errors=\"replace\"")

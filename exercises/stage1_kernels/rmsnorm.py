@@ -66,6 +66,7 @@ def rmsnorm_fwd_kernel(
         3. Store rstd at ``rstd_ptr + row``, and ``x * rstd * w`` (converted with
            ``.to(y_ptr.dtype.element_ty)``) at the row of y, masked.
     """
+    # Your code here (exercise rmsnorm_forward)
     raise NotImplementedError("rmsnorm_fwd_kernel: load a row, rstd = 1 / sqrt(mean(x**2) + eps), store rstd and x * rstd * w")
 
 
@@ -93,6 +94,7 @@ def rmsnorm_bwd_kernel(
            (in dx's dtype, masked); and ``dw += dy * x_hat``.
         3. After the loop, store ``dw`` at ``dw_partial_ptr + pid * n_cols + cols`` (masked).
     """
+    # Your code here (exercise rmsnorm_backward)
     raise NotImplementedError("rmsnorm_bwd_kernel: loop over this program's rows, store dx, accumulate dw, store the partial dw")
 
 

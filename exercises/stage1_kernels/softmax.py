@@ -57,6 +57,7 @@ def softmax_kernel(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK_SIZE:
         4. Store at ``y_ptr + row * y_row_stride + cols``, masked, converted back
            to y's dtype with ``.to(y_ptr.dtype.element_ty)``.
     """
+    # Your code here (exercise softmax_kernel)
     raise NotImplementedError("softmax_kernel: load one row (masked with -inf), subtract its max, exp, divide by the sum, store")
 
 

@@ -43,6 +43,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     masked keys get no weight. ``torch.softmax`` subtracts the row max for you,
     which keeps large scores from overflowing.
     """
+    # Your code here (exercise causal_attention)
     raise NotImplementedError("causal_attention: scores q @ k^T / sqrt(D), mask the future with -inf, softmax over the keys, times v")
 
 
@@ -70,4 +71,5 @@ def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     ``k.repeat_interleave(G, dim=1)``, which copies). For the mask, compare
     ``torch.arange(S)`` (keys) with ``torch.arange(T) + S - T`` (queries).
     """
+    # Your code here (exercise gqa_head_sharing)
     raise NotImplementedError("gqa_attention: query head h reads kv head h // (Hq // Hkv); causal: query i sees keys j <= i + S - T")

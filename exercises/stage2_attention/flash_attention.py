@@ -79,6 +79,7 @@ def flash_forward_kernel(
     the first block. (The course's kernel uses ``tl.exp2`` with log2(e) folded into
     the scale: a little faster, the same numbers.)
     """
+    # Your code here (exercise flash_forward)
     raise NotImplementedError("write flash_forward_kernel: load the q tile, loop over key blocks with the online softmax (masking keys past S and, if causal, the future), then store o = acc / l and lse = m + log(l)")
 
 
@@ -145,6 +146,7 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, bl
     T on their own. With ``causal`` a key block that starts after the block's last
     row can be skipped.
     """
+    # Your code here (exercise flash_backward)
     raise NotImplementedError("write flash_attention_backward: delta = rowsum(do * o), then loop over (block_m, block_n) tiles recomputing P from lse to accumulate dv, dq and dk")
 
 

@@ -46,6 +46,7 @@ def online_softmax_step(
     Hint: ``x_block.amax(dim=-1)`` and ``torch.maximum``. Never exponentiate a
     score without subtracting the max first: ``exp(1e4)`` is inf.
     """
+    # Your code here (exercise online_softmax)
     raise NotImplementedError("online_softmax_step: m_new = max(m, max(block)); l_new = l * exp(m - m_new) + sum(exp(block - m_new))")
 
 
@@ -65,4 +66,5 @@ def online_softmax(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Ten
     call ``online_softmax_step`` on each. Then ``probs = exp(x - m) / l`` and
     ``lse = m + log(l)`` (use ``m[..., None]`` to broadcast over the last dim).
     """
+    # Your code here (exercise online_softmax)
     raise NotImplementedError("online_softmax: visit the blocks with online_softmax_step, then probs = exp(x - m) / l and lse = m + log(l)")

@@ -42,4 +42,5 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     broadcasts as it is. Compute in float32 (``x.float()``) and convert the
     result back with ``.to(x.dtype)``.
     """
+    # Your code here (exercise apply_rope)
     raise NotImplementedError("apply_rope: x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1) over the two halves")

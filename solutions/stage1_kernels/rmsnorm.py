@@ -66,6 +66,8 @@ def rmsnorm_fwd_kernel(
         3. Store rstd at ``rstd_ptr + row``, and ``x * rstd * w`` (converted with
            ``.to(y_ptr.dtype.element_ty)``) at the row of y, masked.
     """
+    # BEGIN EXERCISE rmsnorm_forward
+    # stub: raise NotImplementedError("rmsnorm_fwd_kernel: load a row, rstd = 1 / sqrt(mean(x**2) + eps), store rstd and x * rstd * w")
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK_SIZE)
     mask = cols < n_cols
@@ -74,6 +76,7 @@ def rmsnorm_fwd_kernel(
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
     tl.store(rstd_ptr + row, rstd)
     tl.store(y_ptr + row * y_row_stride + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+    # END EXERCISE rmsnorm_forward
 
 
 @triton.jit
@@ -100,6 +103,8 @@ def rmsnorm_bwd_kernel(
            (in dx's dtype, masked); and ``dw += dy * x_hat``.
         3. After the loop, store ``dw`` at ``dw_partial_ptr + pid * n_cols + cols`` (masked).
     """
+    # BEGIN EXERCISE rmsnorm_backward
+    # stub: raise NotImplementedError("rmsnorm_bwd_kernel: loop over this program's rows, store dx, accumulate dw, store the partial dw")
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_SIZE)
     mask = cols < n_cols
@@ -118,6 +123,7 @@ def rmsnorm_bwd_kernel(
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         dw += dy * x_hat
     tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=mask)
+    # END EXERCISE rmsnorm_backward
 
 
 def _block(n_cols: int) -> tuple[int, int]:

@@ -43,12 +43,15 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     masked keys get no weight. ``torch.softmax`` subtracts the row max for you,
     which keeps large scores from overflowing.
     """
+    # BEGIN EXERCISE causal_attention
+    # stub: raise NotImplementedError("causal_attention: scores q @ k^T / sqrt(D), mask the future with -inf, softmax over the keys, times v")
     T, D = q.shape[-2], q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, T)
     future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=q.device), diagonal=1)  # (T, T): j > i
     scores = scores.masked_fill(future, float("-inf"))
     p = torch.softmax(scores, dim=-1)  # over the keys
     return p @ v  # (B, H, T, D)
+    # END EXERCISE causal_attention
 
 
 def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
@@ -75,6 +78,8 @@ def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     ``k.repeat_interleave(G, dim=1)``, which copies). For the mask, compare
     ``torch.arange(S)`` (keys) with ``torch.arange(T) + S - T`` (queries).
     """
+    # BEGIN EXERCISE gqa_head_sharing
+    # stub: raise NotImplementedError("gqa_attention: query head h reads kv head h // (Hq // Hkv); causal: query i sees keys j <= i + S - T")
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -87,3 +92,4 @@ def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     p = torch.softmax(scores, dim=-1)  # (B, Hkv, G, T, S)
     out = p @ v.unsqueeze(2)  # (B, Hkv, G, T, D)
     return out.reshape(B, Hq, T, D)
+    # END EXERCISE gqa_head_sharing

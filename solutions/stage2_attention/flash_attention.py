@@ -79,6 +79,8 @@ def flash_forward_kernel(
     the first block. (The course's kernel uses ``tl.exp2`` with log2(e) folded into
     the scale: a little faster, the same numbers.)
     """
+    # BEGIN EXERCISE flash_forward
+    # stub: raise NotImplementedError("write flash_forward_kernel: load the q tile, loop over key blocks with the online softmax (masking keys past S and, if causal, the future), then store o = acc / l and lse = m + log(l)")
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit: B * H * T * D can exceed 2**31
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows
@@ -120,6 +122,7 @@ def flash_forward_kernel(
     tl.store(O + pid_bh * T * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
              o.to(O.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
     tl.store(LSE + pid_bh * T + offs_m, lse, mask=row_ok)
+    # END EXERCISE flash_forward
 
 
 def default_blocks() -> dict:
@@ -185,6 +188,8 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, bl
     T on their own. With ``causal`` a key block that starts after the block's last
     row can be skipped.
     """
+    # BEGIN EXERCISE flash_backward
+    # stub: raise NotImplementedError("write flash_attention_backward: delta = rowsum(do * o), then loop over (block_m, block_n) tiles recomputing P from lse to accumulate dv, dq and dk")
     B, H, T, D = q.shape
     S = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
@@ -214,6 +219,7 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, bl
             dq[:, :, m0:m1] += (ds @ kj) * scale
             dk[:, :, n0:n1] += (ds.transpose(-1, -2) @ qi) * scale
     return dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2])
+    # END EXERCISE flash_backward
 
 
 class FlashAttention(torch.autograd.Function):

@@ -46,9 +46,12 @@ def online_softmax_step(
     Hint: ``x_block.amax(dim=-1)`` and ``torch.maximum``. Never exponentiate a
     score without subtracting the max first: ``exp(1e4)`` is inf.
     """
+    # BEGIN EXERCISE online_softmax
+    # stub: raise NotImplementedError("online_softmax_step: m_new = max(m, max(block)); l_new = l * exp(m - m_new) + sum(exp(block - m_new))")
     m_new = torch.maximum(m, x_block.amax(dim=-1))  # (...)
     l_new = l * torch.exp(m - m_new) + torch.exp(x_block - m_new[..., None]).sum(dim=-1)
     return m_new, l_new
+    # END EXERCISE online_softmax
 
 
 def online_softmax(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,9 +70,12 @@ def online_softmax(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Ten
     call ``online_softmax_step`` on each. Then ``probs = exp(x - m) / l`` and
     ``lse = m + log(l)`` (use ``m[..., None]`` to broadcast over the last dim).
     """
+    # BEGIN EXERCISE online_softmax
+    # stub: raise NotImplementedError("online_softmax: visit the blocks with online_softmax_step, then probs = exp(x - m) / l and lse = m + log(l)")
     m = torch.full(x.shape[:-1], float("-inf"), dtype=x.dtype, device=x.device)  # (...)
     l = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
     for j in range(0, x.shape[-1], block):
         m, l = online_softmax_step(m, l, x[..., j : j + block])
     probs = torch.exp(x - m[..., None]) / l[..., None]  # (..., N)
     return probs, m + torch.log(l)
+    # END EXERCISE online_softmax

@@ -42,6 +42,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     broadcasts as it is. Compute in float32 (``x.float()``) and convert the
     result back with ``.to(x.dtype)``.
     """
+    # BEGIN EXERCISE apply_rope
+    # stub: raise NotImplementedError("apply_rope: x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1) over the two halves")
     if cos.dim() == 3:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D): the same for every head
     half = x.shape[-1] // 2
@@ -49,3 +51,4 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = xf[..., :half], xf[..., half:]
     rotated = torch.cat((-x2, x1), dim=-1)  # rotate_half(x)
     return (xf * cos.to(xf.dtype) + rotated * sin.to(xf.dtype)).to(x.dtype)
+    # END EXERCISE apply_rope
