@@ -1,7 +1,7 @@
 """Triton kernels, one op per file, in three layers (as in Triton's tutorials and Liger-Kernel):
 
 1. the ``@triton.jit`` kernel,
-2. its launcher (checks inputs with ``_checks``, allocates outputs, picks the grid),
+2. its launcher (allocates outputs, picks the grid),
 3. a thin ``torch.autograd.Function`` where the op has a backward,
 
 and last the function with the registry's signature, which the backend switch calls.

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from llm_course.backends.triton_ops._checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 
 OP = "add"
 BLOCK_SIZE = 1024  # elements per program: 4 warps x 32 threads x 8 elements

@@ -59,7 +59,7 @@ configure_triton()
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from llm_course.backends.triton_ops._checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 from llm_course.device import autotune_configs  # noqa: E402
 
 OP = "flash_attention"

@@ -45,7 +45,7 @@ configure_triton()
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from llm_course.backends.triton_ops._checks import check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.flash_attention import (  # noqa: E402
     LOG2E,
     OP,

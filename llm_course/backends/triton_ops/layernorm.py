@@ -38,7 +38,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from llm_course.backends.triton_ops._checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.rmsnorm import (  # noqa: E402
     MAX_FUSED_SIZE,
     as_rows,

@@ -26,7 +26,7 @@ configure_triton()
 
 import torch  # noqa: E402
 
-from llm_course.backends.triton_ops._checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.matmul import launch_matmul  # noqa: E402
 
 OP = "linear"

@@ -48,7 +48,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.torch_ops.rope import check_rope_inputs  # noqa: E402
-from llm_course.backends.triton_ops._checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 
 OP = "apply_rope"
 MAX_TILE = 4096  # elements of x per program (both halves): enough bytes in flight per program

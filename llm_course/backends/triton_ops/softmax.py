@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from llm_course.backends.triton_ops._checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 
 OP = "softmax"
 MAX_FUSED_SIZE = 16384  # longest row kept whole in registers (elements)

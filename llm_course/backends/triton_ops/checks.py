@@ -1,0 +1,78 @@
+"""Input checks for Triton kernels: public, for the course's kernels and the exercises alike.
+
+A kernel cannot tell a wrong input from a right one: it reads whatever memory
+it is pointed at. So the function that takes a kernel's inputs (the entry
+point, e.g. ``rms_norm`` in ``rmsnorm.py``, or a launcher called on its own)
+checks them once, before any launch, and raises an error that names the op,
+the argument and the problem, instead of computing a wrong answer or crashing
+inside the kernel:
+
+    from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor
+
+    check_tensor("softmax", "x", x)                       # a tensor Triton can run on, a float dtype
+    check_tensor("matmul", "a", a, ndim=2)                # ... of rank 2
+    check_same_device("add", x=x, y=y)                    # all on one device
+    check_same_dtype("add", x=x, y=y)                     # all of one dtype
+
+What is checked here is what a *kernel* needs: a device Triton runs on (the
+GPU, or the CPU through the interpreter when there is no GPU), a dtype the
+kernel supports (bfloat16 only on a GPU), a rank, contiguity. What every
+backend of an op needs (shapes that agree, a valid ``eps``) is the op's own
+check, in ``llm_course/backends/checks.py``, which ``llm_course.ops`` runs
+before any backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_course.device import check_triton_dtype, has_gpu, is_gpu
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_tensor(
+    op: str,
+    name: str,
+    t: torch.Tensor,
+    *,
+    dtypes: tuple = FLOATS,
+    ndim: int | tuple[int, ...] | None = None,
+    contiguous: bool = False,
+) -> None:
+    """Check one input: a tensor, on a device Triton can run on, of a supported dtype and rank."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if is_gpu(t.device):
+        pass
+    elif t.device.type == "cpu":
+        if has_gpu():
+            raise ValueError(f"{op}: {name} is on the CPU but Triton runs on the GPU here; move it with .to(get_device())")
+    else:
+        raise ValueError(f"{op}: {name} is on device {t.device}, which Triton cannot run on")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{op}: {name} has dtype {str(t.dtype).removeprefix('torch.')}; supported: {allowed}")
+    check_triton_dtype(op, t)
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else ndim
+        if t.dim() not in dims:
+            raise ValueError(f"{op}: {name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(t.shape)}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{op}: {name} must be contiguous (shape {tuple(t.shape)}, strides {t.stride()}); call .contiguous()")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor) -> None:
+    """All the given tensors on one device (None stands for an absent optional tensor)."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        desc = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"{op}: inputs are on different devices ({desc})")
+
+
+def check_same_dtype(op: str, **tensors: torch.Tensor) -> None:
+    """All the given tensors of one dtype (None stands for an absent optional tensor)."""
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(dtypes.values())) > 1:
+        desc = ", ".join(f"{n} {str(d).removeprefix('torch.')}" for n, d in dtypes.items())
+        raise TypeError(f"{op}: inputs have different dtypes ({desc})")
