@@ -30,7 +30,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.torch_ops.softmax import softmax_backward  # noqa: E402
-from llm_course.backends.triton_ops._checks import check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.grading import require_written  # noqa: E402
 
 MAX_BLOCK_SIZE = 65536  # longest row this one-block kernel handles
