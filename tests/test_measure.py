@@ -315,3 +315,52 @@ def test_measure_ceilings_quick_on_cpu():
     c = roofline.measure_ceilings("cpu", quick=True)
     assert c.measured and c.dtype == "fp32" and c.bandwidth_gbs > 0 and c.flops_tflops > 0
     assert time.perf_counter() - t0 < 10
+
+
+def test_cpu_roofline_from_its_own_ceilings_and_the_note_above_the_roof():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = roofline.measure_ceilings("cpu", quick=True)  # the CPU's own roofs, not a datasheet's
+    assert c.name.startswith("CPU") and math.isfinite(c.bandwidth_gbs) and math.isfinite(c.flops_tflops)
+    assert c.ridge_point > 0
+    n = 2**20  # an fp32 add of 1M elements
+    f, nb = flops.elementwise_flops(n), flops.elementwise_bytes(n, 2, 1, 4)
+    on_roof = roofline.RooflinePoint.predicted("add", f, nb, c)
+    below = roofline.RooflinePoint("add, twice the least time", f, nb, 2 * on_roof.seconds)
+    above = roofline.RooflinePoint("add, from the cache", f, nb, on_roof.seconds / 3)
+    assert on_roof.fraction_of_roof(c) == pytest.approx(1.0)
+    assert below.fraction_of_roof(c) == pytest.approx(0.5) and below.gbs == pytest.approx(c.bandwidth_gbs / 2)
+    assert above.fraction_of_roof(c) == pytest.approx(3.0)
+
+    def notes(points):
+        fig = roofline.plot_roofline(c, points)
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        plt.close(fig)
+        return [t for t in texts if t.startswith("Above the measured roof")]
+
+    assert notes([below, on_roof]) == []  # on or below the roof: nothing to explain
+    (note,) = notes([below, above])
+    assert "add, from the cache" in note and "caches" in note and "twice" not in note
+
+
+@pytest.mark.parametrize(
+    "gbs, text",
+    [(4213.0, "4.21 TB/s"), (59.12, "59.1 GB/s"), (0.9996, "1 GB/s"), (999.6, "1 TB/s"), (0.0123, "12.3 MB/s"),
+     (0.000954, "954 kB/s"), (1e-12, "0.001 B/s"), (0.0, "0 B/s"), (5e6, "5,000 TB/s")],
+)  # fmt: skip
+def test_format_bandwidth_never_prints_zero_for_a_slow_kernel(gbs, text):
+    from llm_course.measure import format_bandwidth
+
+    assert format_bandwidth(gbs) == text
+
+
+def test_format_flops():
+    from llm_course.measure import format_flops, format_si
+
+    assert format_flops(756.4) == "756 TFLOP/s"
+    assert format_flops(0.0272) == "27.2 GFLOP/s"
+    assert format_flops(2.214e-05) == "22.1 MFLOP/s"
+    assert format_si(float("inf"), "B/s") == "inf B/s" and format_si(-3.2e9, "B/s") == "-3.2 GB/s"
