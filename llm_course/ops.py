@@ -7,52 +7,74 @@
     with use_backend("triton"):
         y = ops.rms_norm(x, weight)        # the Triton kernel, forward and backward
 
-Models and layers call these functions and never launch a kernel themselves;
-the signatures here are the contract every backend implements.
+Models and layers call these functions and never launch a kernel themselves.
+
+Each op is declared here, once, and everything else is derived from it: the
+decorated function gives the name, the signature every backend implements and
+the docstring; ``@op(...)`` names the implementations (``"module:function"`` in
+``llm_course/backends/torch_ops/`` and ``triton_ops/``, imported on first use),
+the learner's exercise that the ``"exercises"`` backend runs (``"topic:function"``
+in ``exercises/``), and the input check that runs first, whatever the backend
+(``llm_course/backends/checks.py``). The bodies below are never run.
+
+A new op: a reference in ``torch_ops/``, a kernel in ``triton_ops/``, a check in
+``backends/checks.py``, and a declaration here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from llm_course.backends.registry import dispatch
+from llm_course.backends import checks
+from llm_course.backends.registry import op
+
+# --- stage 1 ---------------------------------------------------------------------------------
 
 
+@op(torch="add:add", triton="add:add", exercise="stage1_kernels/add:add", check=checks.add)
 def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Elementwise ``x + y`` (same shape)."""
-    return dispatch("add", x, y)
 
 
+@op(torch="softmax:softmax", triton="softmax:softmax", exercise="stage1_kernels/softmax:softmax", check=checks.softmax)
 def softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension. (..., N) -> (..., N)."""
-    return dispatch("softmax", x)
 
 
+@op(torch="norms:rms_norm", triton="rmsnorm:rms_norm", exercise="stage1_kernels/rmsnorm:rms_norm", check=checks.rms_norm)
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dimension: ``x / sqrt(mean(x**2) + eps) * weight``. x (..., N), weight (N,)."""
-    return dispatch("rms_norm", x, weight, eps)
 
 
+@op(torch="norms:layer_norm", triton="layernorm:layer_norm", check=checks.layer_norm)
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm over the last dimension. x (..., N), weight and bias (N,)."""
-    return dispatch("layer_norm", x, weight, bias, eps)
 
 
+@op(torch="matmul:matmul", triton="matmul:matmul", exercise="stage1_kernels/matmul:matmul", check=checks.matmul)
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Matrix product. a (M, K), b (K, N) -> (M, N), accumulated in float32."""
-    return dispatch("matmul", a, b)
 
 
+@op(torch="matmul:linear", triton="linear:linear", check=checks.linear)
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias``. x (..., K), weight (N, K) as in nn.Linear, bias (N,) -> (..., N)."""
-    return dispatch("linear", x, weight, bias)
 
 
+# --- stage 2 ---------------------------------------------------------------------------------
+
+
+@op(torch="rope:apply_rope", triton="rope:apply_rope", exercise="stage2_attention/rope:apply_rope", check=checks.apply_rope)
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate query or key heads by position. x (B, H, T, D); cos, sin (B, T, D) or (T, D)."""
-    return dispatch("apply_rope", x, cos, sin)
 
 
+@op(
+    torch="attention:attention",
+    triton="flash_attention:attention",
+    exercise="stage2_attention/flash_attention:attention",
+    check=checks.attention,
+)
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -72,7 +94,16 @@ def attention(
     where a key is real and False where it is padding. ``dropout_p`` drops attention
     probabilities (layers pass it only while training). A query that sees no key gives 0.
     """
-    kwargs = dict(causal=causal, scale=scale, window=window, key_padding_mask=key_padding_mask)
-    if dropout_p:
-        kwargs["dropout_p"] = dropout_p
-    return dispatch("attention", q, k, v, **kwargs)
+
+
+# --- stage 3: the models' activations ---------------------------------------------------------
+
+
+@op(torch="activations:gelu_tanh", triton="activations:gelu_tanh", check=checks.gelu_tanh)
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation GPT-2 uses (``"gelu_new"``), elementwise. (...) -> (...)."""
+
+
+@op(torch="activations:silu_mul", triton="activations:silu_mul", check=checks.silu_mul)
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's gating ``silu(gate) * up``, elementwise. gate, up (...) of one shape -> (...)."""

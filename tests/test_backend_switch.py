@@ -169,3 +169,47 @@ def test_exercises_backend_falls_back_to_the_course_kernel(monkeypatch, capsys, 
         assert implementation("layer_norm") is implementation("layer_norm", "triton")  # no exercise: the course's kernel
     assert "[exercise stage1_kernels/softmax:softmax: not done yet; using the reference]" in capsys.readouterr().out
     assert_close(y, torch.softmax(x.double(), -1), hint="softmax falling back to the course's kernel")
+
+
+def test_a_missing_exercise_function_falls_back_with_a_note(monkeypatch, capsys, tmp_path, rng):
+    """A learner's file without the function the op needs: the course's kernel runs, and the note says why."""
+    (tmp_path / "stage1_kernels").mkdir()
+    (tmp_path / "stage1_kernels" / "softmax.py").write_text("def something_else():\n    pass\n")
+    monkeypatch.setenv("LLM_COURSE_IMPL", str(tmp_path))
+    x = torch.randn(4, 33, generator=rng).to(get_device())
+    with use_backend("exercises"):
+        y = ops.softmax(x)
+        assert implementation("softmax") is implementation("softmax", "triton")
+    assert "[exercise stage1_kernels/softmax:softmax: stage1_kernels/softmax.py has no function softmax() yet; " \
+        "using the reference]" in capsys.readouterr().out
+    assert_close(y, torch.softmax(x.double(), -1), hint="softmax falling back to the course's kernel")
+
+
+def test_the_exercises_backend_takes_its_answers_from_a_registered_source(monkeypatch, capsys, rng):
+    """The registry knows no grading package: whoever registers a source for "exercises" supplies the answers."""
+    seen = []
+
+    def source(ref, fallback):
+        seen.append(ref)
+        return lambda x: fallback(x) * 2
+
+    monkeypatch.setitem(registry._SOURCES, "exercises", source)
+    registry._forget_exercises()
+    x = torch.randn(2, 8, generator=rng).to(get_device())
+    with use_backend("exercises"):
+        y = ops.softmax(x)
+    assert seen == ["stage1_kernels/softmax:softmax"]
+    assert_close(y, 2 * torch.softmax(x.double(), -1), hint="softmax from a registered source")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "exercises"])
+def test_the_declared_check_runs_before_every_backend(backend, monkeypatch):
+    calls = []
+    spec = ops.softmax.spec
+    monkeypatch.setattr(spec, "check", lambda x: calls.append(tuple(x.shape)))
+    x = torch.zeros(2, 8, device=get_device())
+    with use_backend(backend):
+        ops.softmax(x)
+    assert calls == [(2, 8)]
+    with use_backend(backend), pytest.raises(ValueError, match=r"rms_norm: weight has shape \(3,\), expected \(8,\)"):
+        ops.rms_norm(x, torch.ones(3, device=x.device))  # the same message whatever the backend

@@ -1,13 +1,24 @@
 """The backend switch: one place that decides which implementation an op runs.
 
 Every op the models use (``llm_course.ops.softmax``, ``rms_norm``, ``matmul``,
-``attention``, ...) has the same signature in each backend:
+``attention``, ...) is declared once, in ``llm_course/ops.py``, with the
+:func:`op` decorator: its name and signature (the decorated function), its
+implementations, the learner's exercise that implements it, and its input check:
+
+    @op(torch="norms:rms_norm", triton="rmsnorm:rms_norm",
+        exercise="stage1_kernels/rmsnorm:rms_norm", check=checks.rms_norm)
+    def rms_norm(x, weight, eps=1e-6):
+        \"\"\"RMSNorm over the last dimension ...\"\"\"
+
+Each backend runs the same signature:
 
 * ``"torch"``     -- the pure-PyTorch reference (``llm_course/backends/torch_ops/``);
 * ``"triton"``    -- the Triton kernels (``llm_course/backends/triton_ops/``); without a
   GPU they run through the Triton interpreter;
-* ``"exercises"`` -- the learner's own answers (through the grading adapter) where an
-  exercise exists and is done, the course's Triton kernel otherwise.
+* ``"exercises"`` -- the learner's own answers where an exercise exists and is done,
+  the course's Triton kernel otherwise (the reference where an op has no kernel). The answers come from an *implementation
+  source* that another package registers with :func:`register_source` (the grading
+  package does, for the course's ``exercises/``); the runtime itself never imports it.
 
 Choose the backend, in order of precedence:
 
@@ -16,50 +27,166 @@ Choose the backend, in order of precedence:
 3. the environment:     ``LLM_COURSE_BACKEND=triton``
 4. the default:         ``"torch"``
 
-Implementations are registered as ``"module:function"`` strings and imported on
-first use, so that ``import llm_course`` never imports a kernel module before
-the Triton interpreter is configured (see ``llm_course.device``).
+Implementations are ``"module:function"`` strings (the module relative to
+``torch_ops`` or ``triton_ops``) imported on first use, so that ``import llm_course``
+never imports a kernel module before the Triton interpreter is configured (see
+``llm_course.device``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
+import inspect
 import os
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 BACKENDS = ("torch", "triton", "exercises")
 ENV_BACKEND = "LLM_COURSE_BACKEND"
 
-_T = "llm_course.backends.torch_ops"
-_K = "llm_course.backends.triton_ops"
+# where a relative "module:function" of each backend lives
+PACKAGES = {"torch": "llm_course.backends.torch_ops", "triton": "llm_course.backends.triton_ops"}
 
-# op name -> backend -> "module:function"
-_REGISTRY: dict[str, dict[str, str]] = {
-    # stage 1
-    "add": {"torch": f"{_T}.add:add", "triton": f"{_K}.add:add"},
-    "softmax": {"torch": f"{_T}.softmax:softmax", "triton": f"{_K}.softmax:softmax"},
-    "rms_norm": {"torch": f"{_T}.norms:rms_norm", "triton": f"{_K}.rmsnorm:rms_norm"},
-    "layer_norm": {"torch": f"{_T}.norms:layer_norm", "triton": f"{_K}.layernorm:layer_norm"},
-    "matmul": {"torch": f"{_T}.matmul:matmul", "triton": f"{_K}.matmul:matmul"},
-    "linear": {"torch": f"{_T}.matmul:linear", "triton": f"{_K}.linear:linear"},
-    # stage 2
-    "apply_rope": {"torch": f"{_T}.rope:apply_rope", "triton": f"{_K}.rope:apply_rope"},
-    "attention": {"torch": f"{_T}.attention:attention", "triton": f"{_K}.flash_attention:attention"},
-}
+# the module that declares the ops (imported on the first lookup, if nobody has yet)
+DECLARATIONS = "llm_course.ops"
 
-# op name -> "topic:function" of the graded exercise that implements it (for "exercises")
-_EXERCISES: dict[str, str] = {}
-_EXERCISES["matmul"] = "stage1_kernels/matmul:matmul"
-_EXERCISES["add"] = "stage1_kernels/add:add"
-_EXERCISES["softmax"] = "stage1_kernels/softmax:softmax"
-_EXERCISES["rms_norm"] = "stage1_kernels/rmsnorm:rms_norm"
-_EXERCISES["apply_rope"] = "stage2_attention/rope:apply_rope"
+# backend -> the module that registers its implementation source when imported. A plugin,
+# looked up only when that backend is used: the runtime works without it.
+SOURCE_PLUGINS = {"exercises": "llm_course.grading.adapter"}
 
+
+@dataclass
+class OpSpec:
+    """Everything about one op, declared once (see :func:`op`)."""
+
+    name: str
+    signature: inspect.Signature
+    doc: str
+    implementations: dict[str, str | Callable] = field(default_factory=dict)  # backend -> target
+    exercise: str | None = None  # "topic:function" of the learner's answer, if any
+    check: Callable | None = None  # runs before every backend, with the op's arguments
+
+
+_OPS: dict[str, OpSpec] = {}
+_SOURCES: dict[str, Callable[[str, Callable], Callable]] = {}
 _global_backend: str | None = None
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("llm_course_backend", default=None)
-_resolved: dict[str, Callable] = {}
+_resolved: dict[tuple[str, str], Callable] = {}
+
+
+# --- declaring ops -------------------------------------------------------------------------
+
+
+def op(
+    *,
+    torch: str | Callable,
+    triton: str | Callable | None = None,
+    exercise: str | None = None,
+    check: Callable | None = None,
+) -> Callable[[Callable], Callable]:
+    """Declare the decorated function as an op; returns the function models call.
+
+    ``torch`` and ``triton`` are ``"module:function"`` (e.g. ``"norms:rms_norm"``, in
+    ``torch_ops`` or ``triton_ops``) or callables; ``exercise`` is the learner's
+    ``"topic:function"`` (e.g. ``"stage1_kernels/rmsnorm:rms_norm"``); ``check`` is
+    called with the op's arguments before any backend (``llm_course/backends/checks.py``).
+    The decorated function's body is not run: its signature and docstring are the op's.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        spec = declare(fn.__name__, inspect.signature(fn), inspect.getdoc(fn) or "",
+                       torch=torch, triton=triton, exercise=exercise, check=check)  # fmt: skip
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            if spec.check is not None:
+                spec.check(*args, **kwargs)
+            return implementation(spec.name)(*args, **kwargs)
+
+        run.spec = spec
+        return run
+
+    return decorate
+
+
+def declare(
+    name: str,
+    signature: inspect.Signature,
+    doc: str = "",
+    *,
+    torch: str | Callable,
+    triton: str | Callable | None = None,
+    exercise: str | None = None,
+    check: Callable | None = None,
+) -> OpSpec:
+    """Record an op (what :func:`op` does). Declaring a name twice is an error."""
+    if name in _OPS:
+        raise ValueError(f"op {name!r} is declared twice")
+    impls = {"torch": torch} if triton is None else {"torch": torch, "triton": triton}
+    spec = _OPS[name] = OpSpec(name, signature, doc, impls, exercise, check)
+    return spec
+
+
+def _spec(op: str) -> OpSpec:
+    if op not in _OPS:
+        importlib.import_module(DECLARATIONS)
+    if op not in _OPS:
+        raise KeyError(f"unknown op {op!r}; known ops: {', '.join(sorted(_OPS))}")
+    return _OPS[op]
+
+
+def declared_ops() -> dict[str, OpSpec]:
+    """Every declared op, by name."""
+    importlib.import_module(DECLARATIONS)
+    return dict(_OPS)
+
+
+def ops() -> list[str]:
+    """The names of the declared ops."""
+    return sorted(declared_ops())
+
+
+def register(op: str, backend: str, target: str | Callable) -> None:
+    """Replace an op's implementation for a backend (``target``: a callable or ``"module:function"``)."""
+    if _check_name(backend) == "exercises":
+        raise ValueError("register exercise answers with register_exercise(op, 'topic:function')")
+    _spec(op).implementations[backend] = target
+    _resolved.pop((op, backend), None)
+
+
+def register_exercise(op: str, ref: str) -> None:
+    """Route ``op`` to the learner's ``topic:function`` (e.g. ``"stage1_kernels/softmax:softmax"``)."""
+    _spec(op).exercise = ref
+    _resolved.pop((op, "exercises"), None)
+
+
+def register_source(backend: str, resolver: Callable[[str, Callable], Callable]) -> None:
+    """Give ``backend`` (``"exercises"``) its implementation source.
+
+    ``resolver(ref, fallback)`` receives an op's ``exercise`` reference and the
+    course's implementation, and returns the function to run (the learner's, or
+    ``fallback`` while the exercise is not done).
+    """
+    _SOURCES[_check_name(backend)] = resolver
+    _forget_exercises()
+
+
+def _source(backend: str) -> Callable[[str, Callable], Callable] | None:
+    """The registered source, importing its plugin first if needed; None when the plugin is absent."""
+    if backend not in _SOURCES and backend in SOURCE_PLUGINS:
+        plugin = SOURCE_PLUGINS[backend]
+        try:
+            importlib.import_module(plugin)
+        except ModuleNotFoundError as exc:  # the plugin (or its package) is not installed
+            if not exc.name or not (plugin == exc.name or plugin.startswith(exc.name + ".")):
+                raise
+    return _SOURCES.get(backend)
+
+
+# --- choosing the backend ------------------------------------------------------------------
 
 
 def _check_name(name: str) -> str:
@@ -94,61 +221,48 @@ def use_backend(name: str) -> Iterator[str]:
 
 def _forget_exercises() -> None:
     """Re-read the learner's files next time (they may have been edited)."""
-    for key in [k for k in _resolved if k.endswith("/exercises")]:
+    for key in [k for k in _resolved if k[1] == "exercises"]:
         del _resolved[key]
 
 
-def register(op: str, backend: str, target: str | Callable) -> None:
-    """Add or replace an implementation (``target`` is a callable or ``"module:function"``)."""
-    if backend == "exercises":
-        raise ValueError("register exercise answers with register_exercise(op, 'topic:function')")
-    _REGISTRY.setdefault(op, {})[_check_name(backend)] = target
-    _resolved.pop(f"{op}/{backend}", None)
+# --- finding and calling the implementation ----------------------------------------------------
 
 
-def register_exercise(op: str, ref: str) -> None:
-    """Route ``op`` to the learner's ``topic:function`` (e.g. ``"stage1_kernels/softmax:softmax"``)."""
-    if op not in _REGISTRY:
-        raise KeyError(f"unknown op {op!r}; known ops: {', '.join(sorted(_REGISTRY))}")
-    _EXERCISES[op] = ref
-    _resolved.pop(f"{op}/exercises", None)
-
-
-def ops() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _import(target: str | Callable) -> Callable:
+def _import(target: str | Callable, package: str) -> Callable:
     if callable(target):
         return target
     module, _, attr = target.partition(":")
+    if not module.startswith("llm_course."):
+        module = f"{package}.{module}"
     return getattr(importlib.import_module(module), attr)
 
 
 def implementation(op: str, backend: str | None = None) -> Callable:
     """The function that runs ``op`` under ``backend`` (default: the backend in force)."""
     backend = _check_name(backend) if backend else get_backend()
-    key = f"{op}/{backend}"
+    key = (op, backend)
     if key in _resolved:
         return _resolved[key]
-    if op not in _REGISTRY:
-        raise KeyError(f"unknown op {op!r}; known ops: {', '.join(sorted(_REGISTRY))}")
+    spec = _spec(op)
     if backend == "exercises":
-        fallback = implementation(op, "triton")
-        if op in _EXERCISES:
-            from llm_course.grading.adapter import exercise
-
-            fn = exercise(_EXERCISES[op], reference=fallback)
-        else:
-            fn = fallback
+        fn = fallback = implementation(op, "triton" if "triton" in spec.implementations else "torch")
+        if spec.exercise is not None:
+            source = _source("exercises")
+            if source is None:
+                print(f"[exercise {spec.exercise}: no source of exercises is installed; using the course's kernel]")
+            else:
+                fn = source(spec.exercise, fallback)
     else:
-        if backend not in _REGISTRY[op]:
+        if backend not in spec.implementations:
             raise NotImplementedError(f"op {op!r} has no {backend!r} implementation yet")
-        fn = _import(_REGISTRY[op][backend])
+        fn = _import(spec.implementations[backend], PACKAGES[backend])
     _resolved[key] = fn
     return fn
 
 
 def dispatch(op: str, *args, **kwargs):
-    """Call ``op`` with the backend in force."""
+    """Call ``op`` with the backend in force (its check first), like ``llm_course.ops.<op>(...)``."""
+    spec = _spec(op)
+    if spec.check is not None:
+        spec.check(*args, **kwargs)
     return implementation(op)(*args, **kwargs)

@@ -1,0 +1,180 @@
+"""The input checks every backend of an op shares: run by ``llm_course.ops`` before dispatch.
+
+Each op declared in ``llm_course/ops.py`` names its check here, one function per
+op, with the op's own name and signature:
+
+    @op(torch="norms:rms_norm", triton="rmsnorm:rms_norm", check=checks.rms_norm, ...)
+    def rms_norm(x, weight, eps=1e-6): ...
+
+``ops.rms_norm(x, weight)`` then calls ``checks.rms_norm(x, weight)`` first and
+the backend in force (torch, triton, or the learner's exercise) second, so every
+backend refuses a bad input with the same clear error, naming the op, the
+argument and what is wrong with it, before any work is done.
+
+What belongs here is the op's *contract*, true for every backend: arguments of
+the right kind, shapes that agree, valid options. What only a kernel needs (a
+device Triton runs on, a supported dtype, contiguity, size limits) is checked by
+the kernel's entry point with :mod:`llm_course.backends.triton_ops.checks`.
+
+The helpers at the top are public too: use them in new checks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llm_course.backends.torch_ops.rope import check_rope_inputs
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def shape_of(t: object) -> str:
+    """``(2, 3)`` for a tensor, the type's name otherwise: for error messages."""
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def require_tensor(op: str, name: str, t: object, *, ndim: int | tuple[int, ...] | None = None, optional: bool = False) -> None:
+    """``t`` is a tensor (or None when ``optional``), of rank ``ndim`` (an int, or a tuple of allowed ranks) if given."""
+    if t is None and optional:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else ndim
+        if t.dim() not in dims:
+            raise ValueError(f"{op}: {name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(t.shape)}")
+
+
+def require_at_least_1d(op: str, name: str, t: torch.Tensor) -> None:
+    """Ops over the last dimension need one."""
+    if t.dim() == 0:
+        raise ValueError(f"{op}: {name} must have at least one dimension (the last one is reduced over), got a scalar")
+
+
+def require_same_shape(op: str, **tensors: torch.Tensor) -> None:
+    """All the given tensors of one shape (elementwise ops do not broadcast)."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        desc = ", ".join(f"{n} {s}" for n, s in shapes.items())
+        raise ValueError(f"{op}: inputs must have the same shape, got {desc}")
+
+
+def require_vector_of(op: str, name: str, t: torch.Tensor | None, n: int, what: str = "x's last dimension") -> None:
+    """``t`` is None or a (n,) tensor: a per-feature weight or bias."""
+    if t is None:
+        return
+    require_tensor(op, name, t)
+    if tuple(t.shape) != (n,):
+        raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected ({n},) to match {what}")
+
+
+def require_eps(op: str, eps: object) -> None:
+    """A finite, non-negative number (``eps`` of the norms)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps!r}")
+
+
+# --- one check per op, named and shaped like the op -------------------------------------------
+
+
+def add(x: torch.Tensor, y: torch.Tensor) -> None:
+    require_tensor("add", "x", x)
+    require_tensor("add", "y", y)
+    require_same_shape("add", x=x, y=y)
+
+
+def softmax(x: torch.Tensor) -> None:
+    require_tensor("softmax", "x", x)
+    require_at_least_1d("softmax", "x", x)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> None:
+    require_tensor("rms_norm", "x", x)
+    require_at_least_1d("rms_norm", "x", x)
+    require_tensor("rms_norm", "weight", weight)
+    require_vector_of("rms_norm", "weight", weight, x.shape[-1])
+    require_eps("rms_norm", eps)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> None:
+    require_tensor("layer_norm", "x", x)
+    require_at_least_1d("layer_norm", "x", x)
+    require_tensor("layer_norm", "weight", weight)
+    require_vector_of("layer_norm", "weight", weight, x.shape[-1])
+    require_vector_of("layer_norm", "bias", bias, x.shape[-1])
+    require_eps("layer_norm", eps)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> None:
+    require_tensor("matmul", "a", a, ndim=2)
+    require_tensor("matmul", "b", b, ndim=2)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"matmul: inner dimensions differ: a is {tuple(a.shape)} and b is {tuple(b.shape)} (a's columns must equal b's rows)"
+        )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    require_tensor("linear", "x", x)
+    require_tensor("linear", "weight", weight, ndim=2)
+    require_at_least_1d("linear", "x", x)
+    N, K = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"linear: x has {x.shape[-1]} features (last dimension) but weight {tuple(weight.shape)} expects {K}")
+    require_vector_of("linear", "bias", bias, N, f"weight's {N} output features")
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    require_tensor("apply_rope", "x", x, ndim=4)
+    require_tensor("apply_rope", "cos", cos, ndim=(2, 3))
+    require_tensor("apply_rope", "sin", sin, ndim=(2, 3))
+    check_rope_inputs("apply_rope", x, cos, sin)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    window: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> None:
+    op = "attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        require_tensor(op, name, t, ndim=4)
+    B, Hq, T, D = q.shape
+    Bk, Hkv, S, Dk = k.shape
+    if Bk != B or v.shape[0] != B:
+        raise ValueError(f"{op}: batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if Dk != D:
+        raise ValueError(f"{op}: q and k head sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if tuple(v.shape[1:3]) != (Hkv, S):
+        raise ValueError(f"{op}: k and v differ in heads or length: k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"{op}: the number of kv heads ({Hkv}) must divide the number of query heads ({Hq})")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"{op}: scale must be a positive number or None, got {scale!r}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"{op}: window must be a positive int or None, got {window!r}")
+    if key_padding_mask is not None:
+        m = key_padding_mask
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (B, S):
+            got = f"{str(m.dtype).removeprefix('torch.')} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape (B, S) = ({B}, {S}), got {got}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {dropout_p!r}")
+
+
+def gelu_tanh(x: torch.Tensor) -> None:
+    require_tensor("gelu_tanh", "x", x)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> None:
+    require_tensor("silu_mul", "gate", gate)
+    require_tensor("silu_mul", "up", up)
+    require_same_shape("silu_mul", gate=gate, up=up)

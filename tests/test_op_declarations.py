@@ -1,0 +1,108 @@
+"""Each op is declared once (llm_course/ops.py) and everything agrees with that declaration.
+
+* every op in ``llm_course.ops`` is a declared op, and every declared op is in ``llm_course.ops``;
+* every declared op has a torch and a Triton implementation, and both take exactly
+  the op's parameters (names, kinds, defaults), as does its input check;
+* the ``exercises`` backend reaches every kernel exercise: with the answers of
+  ``solutions/`` it runs the learner's function (FlashAttention included), which
+  also takes the op's parameters; with the untouched stubs it runs the course's kernel.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from op_samples import SAMPLES
+
+from llm_course import ops
+from llm_course.backends import declared_ops, implementation, registry, use_backend
+from llm_course.device import get_device
+
+OPS = declared_ops()
+EXERCISES = {name: spec.exercise for name, spec in OPS.items() if spec.exercise}
+
+
+def _params(fn) -> list[tuple[str, object, object]]:
+    """(name, kind, default) of each parameter: what a caller relies on (annotations are text, left out)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.fixture(autouse=True)
+def fresh_resolution(monkeypatch):
+    monkeypatch.setattr(registry, "_global_backend", None)
+    monkeypatch.delenv(registry.ENV_BACKEND, raising=False)
+    registry._forget_exercises()
+    yield
+    registry._forget_exercises()
+
+
+def test_ops_module_and_declarations_are_the_same_set():
+    public = {name for name, fn in vars(ops).items() if inspect.isfunction(fn) and fn.__module__ == ops.__name__}
+    assert public == set(OPS), f"functions of llm_course.ops that are not declared ops: {sorted(public - set(OPS))}"
+    for name, spec in OPS.items():
+        fn = getattr(ops, name)
+        assert fn.spec is spec
+        assert fn.__doc__ and spec.doc, f"ops.{name} has no docstring"
+        assert _params(fn) == [(p.name, p.kind, p.default) for p in spec.signature.parameters.values()]
+
+
+def test_every_op_names_its_check():
+    for name, spec in OPS.items():
+        assert spec.check is not None, f"op {name!r} declares no input check (llm_course/backends/checks.py)"
+        assert _params(spec.check) == _params(getattr(ops, name)), f"checks.{spec.check.__name__} and ops.{name} differ"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_op_has_both_implementations_with_its_signature(name, backend):
+    fn = implementation(name, backend)
+    expected = registry.PACKAGES[backend]
+    assert fn.__module__.startswith(expected + "."), f"{name}/{backend} comes from {fn.__module__}, not {expected}"
+    assert _params(fn) == _params(getattr(ops, name)), (
+        f"{fn.__module__}.{fn.__name__} takes {inspect.signature(fn)}, "
+        f"but ops.{name} declares {inspect.signature(getattr(ops, name))}"
+    )
+
+
+def test_the_kernel_exercises_are_all_declared():
+    """The graded kernel exercises that implement an op of the package."""
+    assert EXERCISES == {
+        "add": "stage1_kernels/add:add",
+        "softmax": "stage1_kernels/softmax:softmax",
+        "rms_norm": "stage1_kernels/rmsnorm:rms_norm",
+        "matmul": "stage1_kernels/matmul:matmul",
+        "apply_rope": "stage2_attention/rope:apply_rope",
+        "attention": "stage2_attention/flash_attention:attention",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_the_exercises_backend_runs_each_solution(name, monkeypatch, capsys):
+    from llm_course.grading.adapter import load
+
+    monkeypatch.setenv("LLM_COURSE_IMPL", "solutions")
+    topic, _, fname = EXERCISES[name].partition(":")
+    learner = getattr(load(topic, "solutions"), fname, None)
+    assert learner is not None, f"solutions/{topic}.py has no function {fname}"
+    assert _params(learner) == _params(getattr(ops, name)), (
+        f"the exercise {EXERCISES[name]} takes {inspect.signature(learner)}, "
+        f"but ops.{name} declares {inspect.signature(getattr(ops, name))}"
+    )
+    fn = implementation(name, "exercises")
+    assert inspect.unwrap(fn) is learner, f"use_backend('exercises') does not run {EXERCISES[name]} for ops.{name}"
+    assert f"[exercise {EXERCISES[name]}: using your implementation]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_the_exercises_backend_falls_back_while_a_stub_is_untouched(name, monkeypatch, capsys):
+    """With the untouched stubs, ``ops.<name>`` under the exercises backend gives the course's kernel's answer."""
+    monkeypatch.setenv("LLM_COURSE_IMPL", "exercises")
+    args, kwargs = SAMPLES[name](get_device())
+    with use_backend("exercises"):
+        got = getattr(ops, name)(*args, **kwargs)
+    out = capsys.readouterr().out
+    assert f"[exercise {EXERCISES[name]}: " in out and "using the reference" in out, out
+    expected = implementation(name, "triton")(*args, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
