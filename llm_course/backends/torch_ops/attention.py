@@ -25,8 +25,10 @@ Which keys a query sees (all three rules combine with AND):
 * ``key_padding_mask`` (B, S) bool: True where a key is a real token, False where
   it is padding.
 
-A query that sees no key at all gets an output of 0 (not NaN). The scores and
-the softmax are computed in float32 (float64 if the inputs are float64).
+A query that sees no key at all gets an output of 0 (not NaN). A key it does
+not see never changes its output, even if that key's k or v holds NaN or inf;
+a query that sees such a key gets NaN. The scores and the softmax are
+computed in float32 (float64 if the inputs are float64).
 
 This is the *naive* algorithm: it writes the whole (T, S) score matrix to
 memory and reads it back, which is why it is memory-bound; FlashAttention
@@ -115,20 +117,33 @@ def attention(
     G = Hq // Hkv  # query heads per key/value head
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # scores and softmax in fp32 at least
+    mask = build_mask(T, S, causal, window, key_padding_mask, q.device).unsqueeze(1)  # (B or 1, 1, 1, T, S)
+
+    # Keys a query cannot see must not reach its output, even when they hold NaN or inf
+    # (unwritten cache slots, padding): a probability of exactly 0 does not help, since
+    # 0 * NaN = NaN inside the products. So the products only see finite numbers, and
+    # a query that *does* see a non-finite key or value gets NaN, as it should.
+    k_bad = ~torch.isfinite(k).all(dim=-1)  # (B, Hkv, S): keys whose k has a NaN or inf
+    v_bad = ~torch.isfinite(v).all(dim=-1)  # (B, Hkv, S): keys whose v has a NaN or inf
+    k_fin = torch.where(torch.isfinite(k), k, 0).to(acc)
+    v_fin = torch.where(torch.isfinite(v), v, 0).to(acc)
 
     qg = q.to(acc).view(B, Hkv, G, T, D)  # (B, Hkv, G, T, D): the G query heads that share a kv head
-    kg = k.to(acc).unsqueeze(2)  # (B, Hkv, 1, S, D): broadcast over G, not copied
-    vg = v.to(acc).unsqueeze(2)  # (B, Hkv, 1, S, Dv)
+    kg = k_fin.unsqueeze(2)  # (B, Hkv, 1, S, D): broadcast over G, not copied
+    vg = v_fin.unsqueeze(2)  # (B, Hkv, 1, S, Dv)
 
     scores = (qg @ kg.transpose(-1, -2)) * scale  # (B, Hkv, G, T, S)
-    mask = build_mask(T, S, causal, window, key_padding_mask, q.device).unsqueeze(1)  # (B or 1, 1, 1, T, S)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores = scores.masked_fill(k_bad[:, :, None, None, :], float("nan"))  # a query that sees it: NaN
+    scores = scores.masked_fill(~mask, float("-inf"))  # a query that cannot: nothing
 
     # A safe softmax that also handles rows with no visible key: subtract the row max
     # (0 for an all-masked row), exponentiate (masked keys give exp(-inf) = 0) and
     # divide by the row sum, or by 1 where the sum is 0, so such rows are all zeros.
-    m = scores.amax(dim=-1, keepdim=True).detach()  # (B, Hkv, G, T, 1); softmax does not depend on it
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    if S > 0:
+        m = scores.amax(dim=-1, keepdim=True).detach()  # (B, Hkv, G, T, 1); softmax does not depend on it
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    else:  # no keys at all (amax of nothing is an error): every query gets 0
+        m = scores.new_zeros(*scores.shape[:-1], 1)
     p = torch.exp(scores - m)  # (B, Hkv, G, T, S)
     l = p.sum(dim=-1, keepdim=True)  # (B, Hkv, G, T, 1)
     p = p / torch.where(l > 0, l, torch.ones_like(l))
@@ -136,6 +151,8 @@ def attention(
         p = torch.nn.functional.dropout(p, p=dropout_p, training=True)
 
     out = p @ vg  # (B, Hkv, G, T, Dv)
+    sees_bad_v = (mask.to(acc) @ v_bad.to(acc)[:, :, None, :, None]) > 0  # (B, Hkv, 1, T, 1)
+    out = out.masked_fill(sees_bad_v, float("nan"))
     return out.reshape(B, Hq, T, v.shape[-1]).to(q.dtype)  # (B, Hq, T, Dv)
 
 

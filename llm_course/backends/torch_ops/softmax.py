@@ -29,7 +29,10 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     """Numerically stable softmax over the last dim. (..., N) -> (..., N), same dtype.
 
     Computed in float32 (float64 stays float64) and cast back, like the Triton kernel.
+    Rows of no element (N = 0) give an empty result: there is nothing to normalize.
     """
+    if x.shape[-1] == 0:  # amax over an empty row is an error; the softmax of nothing is nothing
+        return x.clone()
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(compute)
     m = xc.amax(dim=-1, keepdim=True)  # (..., 1)
