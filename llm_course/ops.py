@@ -96,7 +96,13 @@ def attention(
     """
 
 
-# --- stage 3: the models' activations ---------------------------------------------------------
+# --- stage 3: what the models need besides ---------------------------------------------------
+
+
+@op(torch="embedding:embedding", triton="embedding:embedding", check=checks.embedding)
+def embedding(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Rows of ``weight`` picked by ``ids`` (a token embedding). ids (...) int64 or int32, weight (V, C) -> (..., C)."""
+
 
 
 @op(torch="activations:gelu_tanh", triton="activations:gelu_tanh", check=checks.gelu_tanh)

@@ -36,6 +36,7 @@ SAMPLES = {
         (_randn(1, 2, 16, 16).to(dev), _randn(1, 2, 16, 16, seed=1).to(dev), _randn(1, 2, 16, 16, seed=2).to(dev)),
         {"causal": True},
     ),
+    "embedding": lambda dev: ((torch.tensor([[0, 3, 3], [9, 1, 0]]).to(dev), _randn(10, 24).to(dev)), {}),
     "gelu_tanh": lambda dev: ((_randn(3, 40).to(dev),), {}),
     "silu_mul": lambda dev: ((_randn(3, 40).to(dev), _randn(3, 40, seed=1).to(dev)), {}),
 }

@@ -178,3 +178,11 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> None:
     require_tensor("silu_mul", "gate", gate)
     require_tensor("silu_mul", "up", up)
     require_same_shape("silu_mul", gate=gate, up=up)
+
+
+def embedding(ids: torch.Tensor, weight: torch.Tensor) -> None:
+    """Kinds and ranks; that every id is a row of the table is checked where the table is read."""
+    require_tensor("embedding", "ids", ids)
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"embedding: ids must be int64 or int32, got {str(ids.dtype).removeprefix('torch.')}")
+    require_tensor("embedding", "weight", weight, ndim=2)
