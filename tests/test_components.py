@@ -30,7 +30,7 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 def gqa(C=48, Hq=6, Hkv=2, **kw):
     torch.manual_seed(0)
-    return GroupedQueryAttention(C, Hq, Hkv, max_position=64, rope_base=100.0, **kw).eval()
+    return GroupedQueryAttention(C, Hq, Hkv, max_position_embeddings=64, rope_theta=100.0, **kw).eval()
 
 
 def test_shapes():
@@ -117,7 +117,7 @@ def test_left_padding_with_position_ids():
 
 
 def test_shared_rotary_and_position_embeddings():
-    rope = RotaryEmbedding(8, 64, base=100.0)
+    rope = RotaryEmbedding(8, 64, rope_theta=100.0)
     a, b = gqa(rotary=rope), gqa()
     assert a.rotary_emb is rope
     x = torch.randn(1, 4, 48)
@@ -127,7 +127,7 @@ def test_shared_rotary_and_position_embeddings():
 
 def test_dropout_only_in_training():
     torch.manual_seed(0)
-    layer = MultiHeadAttention(48, 4, attn_dropout=0.5, resid_dropout=0.5)
+    layer = MultiHeadAttention(48, 4, attention_dropout=0.5, resid_dropout=0.5)
     ref = MultiHeadAttention(48, 4)
     ref.load_state_dict(layer.state_dict())
     g = gqa(attention_dropout=0.5)
@@ -139,7 +139,7 @@ def test_dropout_only_in_training():
     g.train()
     assert not torch.allclose(layer(x), ref(x))
     assert not torch.allclose(g(x), g(x))
-    mlp = MLP(48, dropout=0.5).eval()
+    mlp = MLP(48, resid_dropout=0.5).eval()
     assert torch.equal(mlp(x), mlp(x))
 
 

@@ -35,7 +35,7 @@ def inv_freq64(D, base):
 
 @pytest.mark.parametrize("D,base", [(64, 10000.0), (80, 1e6), (32, 500.0)])
 def test_table_matches_formula(D, base):
-    rope = RotaryEmbedding(D, 64, base=base)
+    rope = RotaryEmbedding(D, 64, rope_theta=base)
     pos = [0, 1, 5, 17, 63]
     cos, sin = rope(torch.tensor(pos))
     assert cos.shape == (5, D) and cos.dtype == torch.float32
@@ -113,7 +113,7 @@ def llama3_64(D, base, factor, low_ff, high_ff, original):
 
 
 def test_linear_scaling():
-    rope = RotaryEmbedding(32, 64, scaling={"type": "linear", "factor": 4.0})
+    rope = RotaryEmbedding(32, 64, rope_scaling={"type": "linear", "factor": 4.0})
     cos, sin = rope(torch.arange(50))
     a = angles64([p / 4 for p in range(50)], inv_freq64(32, 10000.0))  # position p looks like p / 4
     assert_close(cos, a.cos(), hint="linear scaling is off")
@@ -122,7 +122,7 @@ def test_linear_scaling():
 
 def test_dynamic_ntk_scaling():
     D, M, factor = 32, 16, 2.0
-    rope = RotaryEmbedding(D, M, scaling={"rope_type": "dynamic", "factor": factor})
+    rope = RotaryEmbedding(D, M, rope_scaling={"rope_type": "dynamic", "factor": factor})
     cos, _ = rope(torch.arange(M))  # within the trained length: unchanged
     assert_close(cos, angles64(list(range(M)), inv_freq64(D, 10000.0)).cos(), hint="dynamic NTK changed short sequences")
     L = 40
@@ -138,7 +138,7 @@ def test_dynamic_ntk_scaling():
 @pytest.mark.parametrize("D,base,factor,original", [(64, 10000.0, 4.0, 64), (128, 1e6, 4.0, 32768), (80, 10000.0, 8.0, 256)])
 def test_yarn_scaling(D, base, factor, original):
     scaling = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original}
-    rope = RotaryEmbedding(D, original, base=base, scaling=scaling)
+    rope = RotaryEmbedding(D, original, rope_theta=base, rope_scaling=scaling)
     freqs, mscale = yarn64(D, base, factor, original)
     inv, att = rope_frequencies(D, base, scaling, original)
     assert att == pytest.approx(mscale)
@@ -162,9 +162,9 @@ def test_llama3_scaling():
 
 def test_scaling_dict_errors():
     with pytest.raises(ValueError, match="not supported"):
-        RotaryEmbedding(16, 8, scaling={"type": "su", "factor": 2.0})
+        RotaryEmbedding(16, 8, rope_scaling={"type": "su", "factor": 2.0})
     with pytest.raises(ValueError, match="factor"):
-        RotaryEmbedding(16, 8, scaling={"type": "linear"})
+        RotaryEmbedding(16, 8, rope_scaling={"type": "linear"})
     with pytest.raises(ValueError, match="even"):
         RotaryEmbedding(15, 8)
 
@@ -194,7 +194,7 @@ def test_rotate_half():
 
 
 def tables(B, T, D, shape, dtype=torch.float32, device="cpu"):
-    rope = RotaryEmbedding(D, 64, base=100.0)
+    rope = RotaryEmbedding(D, 64, rope_theta=100.0)
     pos = torch.randint(0, 64, (B, T))
     cos, sin = rope(pos)
     if shape == "TD":
@@ -330,7 +330,7 @@ def test_kernel_gpu_real_sizes(dtype, H, D):
     dev = get_device()
     B, T = 2, 2047
     x = torch.randn(B, T, H, D, device=dev, dtype=dtype).transpose(1, 2).requires_grad_()
-    rope = RotaryEmbedding(D, 4096, base=1e6).to(dev)
+    rope = RotaryEmbedding(D, 4096, rope_theta=1e6).to(dev)
     cos, sin = rope(torch.arange(T, device=dev))
     out = _triton().apply_rope(x, cos, sin)
     assert_close(out, apply_rope(x.detach().double(), cos.double(), sin.double()), hint="RoPE on the GPU is off")

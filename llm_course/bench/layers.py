@@ -3,14 +3,14 @@
 A kernel's speed matters as far as it speeds up the layers a model is made of.
 This times three layers of a 2048-wide model, forward and forward + backward,
 under the "torch" backend (the PyTorch reference ops) and the "triton" backend
-(the course's kernels: linear, RoPE, FlashAttention), and measures their peak
-memory:
+(the course's kernels: linear, RoPE, FlashAttention, GELU and SiLU-times-gate), and
+measures their peak memory:
 
 * ``attention``: grouped-query attention with RoPE
   (``llm_course.models.components.attention.GroupedQueryAttention``: 16 query
   heads, 4 kv heads, head dim 128, causal);
 * ``swiglu_mlp``: Llama/Qwen2's gated MLP (``components.mlp.GatedMLP``, intermediate 5632);
-* ``gpt2_mlp``: GPT-2's MLP (``components.mlp.MLP``, hidden 4 x 2048, GELU).
+* ``gpt2_mlp``: GPT-2's MLP (``components.mlp.MLP``, intermediate 4 x 2048, GELU).
 
     llm-course bench layers                  # B = 4, T = 2048, bf16 on a GPU (about a minute)
     llm-course bench layers --quick          # tiny sizes on the CPU (the interpreter): a smoke test
@@ -85,7 +85,7 @@ def make_layer(name: str, cfg: LayerConfig) -> torch.nn.Module:
     from llm_course.models.components.mlp import MLP, GatedMLP
 
     if name == "attention":
-        return GroupedQueryAttention(cfg.hidden, cfg.heads, cfg.kv_heads, head_dim=cfg.head_dim, max_position=cfg.seq)
+        return GroupedQueryAttention(cfg.hidden, cfg.heads, cfg.kv_heads, head_dim=cfg.head_dim, max_position_embeddings=cfg.seq)
     if name == "swiglu_mlp":
         return GatedMLP(cfg.hidden, cfg.intermediate)
     if name == "gpt2_mlp":

@@ -69,7 +69,7 @@ def check(out, x, cos, sin, what="the output"):
 
 def tables(rng, B, T, D, shared=False, base=10000.0):
     """cos, sin at random positions: (B, T, D), or (T, D) when ``shared``."""
-    rope = RotaryEmbedding(D, 4096, base=base)
+    rope = RotaryEmbedding(D, 4096, rope_theta=base)
     pos = torch.randint(0, 4096, (1 if shared else B, T), generator=rng)
     cos, sin = rope(pos)
     return (cos[0], sin[0]) if shared else (cos, sin)

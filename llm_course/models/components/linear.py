@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from llm_course import ops
+from llm_course.models.components.checks import positive_int
 
 
 class Linear(nn.Module):
@@ -22,8 +23,8 @@ class Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = positive_int("Linear", "in_features", in_features, allow_zero=True)
+        self.out_features = positive_int("Linear", "out_features", out_features, allow_zero=True)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))  # (N, K)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))  # (N,)

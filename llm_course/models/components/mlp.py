@@ -1,61 +1,80 @@
 """The feed-forward blocks that follow attention in every transformer layer.
 
 Applied to each token on its own, they widen the vector, apply a nonlinearity,
-and narrow it back.
+and narrow it back. Both run their activation through ``llm_course.ops``, so the
+backend switch reaches it like the matmuls (the Triton kernels under
+``use_backend("triton")``).
 
-* :class:`MLP`, GPT-2's (``mlp.c_fc``, ``mlp.c_proj``)::
+* :class:`MLP`, GPT-2's::
 
-      x (B, T, C) --c_fc--> (B, T, 4C) --gelu--> --c_proj--> (B, T, C) --dropout-->
+      x (B, T, C) --c_fc--> (B, T, I) --gelu_tanh--> --c_proj--> (B, T, C) --dropout-->
 
-  with GELU in its tanh approximation (HF's ``"gelu_new"``). As in attention, HF's
-  GPT-2 stores these weights transposed (``Conv1D``).
+  with I = ``intermediate_size`` (GPT-2: 4C, its config's ``n_inner`` left None) and
+  GELU in its tanh approximation (HF's ``"gelu_new"``, ``ops.gelu_tanh``). The
+  projections keep the names of Hugging Face's GPT-2 (``mlp.c_fc``, ``mlp.c_proj``),
+  as :class:`MultiHeadAttention` keeps ``c_attn``/``c_proj``: a GPT-2 checkpoint's keys
+  load as they are, with one difference to keep in mind: HF's GPT-2 stores these
+  weights in a ``Conv1D`` of shape (in, out), the transpose of ``Linear``'s (out, in).
+  ``resid_dropout`` is GPT-2's ``resid_pdrop``.
 
 * :class:`GatedMLP`, the SwiGLU block of Llama and Qwen2 (``mlp.gate_proj``,
   ``mlp.up_proj``, ``mlp.down_proj``, no biases)::
 
-      x --gate_proj--> silu --\
-                               * --> (B, T, I) --down_proj--> (B, T, C)
-      x --up_proj-------------/
+      x --gate_proj--\\
+                      silu_mul --> (B, T, I) --down_proj--> (B, T, C)
+      x --up_proj----/
 
-  One branch gates the other elementwise; I (``intermediate_size``) is typically
-  about 8C/3 rounded, so the three matrices cost what GPT-2's two do at 4C.
+  ``ops.silu_mul(gate, up) = silu(gate) * up``: one branch gates the other
+  elementwise, in one fused op. I (``intermediate_size``) is typically about 8C/3
+  rounded, so the three matrices cost what GPT-2's two do at 4C.
+
+The arguments are the Hugging Face config keys: ``hidden_size``, ``intermediate_size``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from llm_course import ops
+from llm_course.models.components.checks import positive_int, probability
 from llm_course.models.components.linear import Linear
 
 
 class MLP(nn.Module):
-    """GPT-2's MLP: x (B, T, C) -> (B, T, C). ``MLP(d_model, hidden=4 * d_model, bias=True, dropout=0.0)``."""
+    """GPT-2's MLP: x (B, T, C) -> (B, T, C).
 
-    def __init__(self, d_model: int, hidden: int | None = None, *, bias: bool = True, dropout: float = 0.0):
+    ``MLP(hidden_size, intermediate_size=4 * hidden_size, bias=True, resid_dropout=0.0)``.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int | None = None, *, bias: bool = True, resid_dropout: float = 0.0):
         super().__init__()
-        hidden = hidden or 4 * d_model
-        self.c_fc = Linear(d_model, hidden, bias=bias)
-        self.c_proj = Linear(hidden, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.hidden_size = positive_int("MLP", "hidden_size", hidden_size)
+        inter = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.intermediate_size = positive_int("MLP", "intermediate_size", inter)
+        self.c_fc = Linear(hidden_size, self.intermediate_size, bias=bias)
+        self.c_proj = Linear(self.intermediate_size, hidden_size, bias=bias)
+        self.dropout = nn.Dropout(probability("MLP", "resid_dropout", resid_dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4C)
+        h = ops.gelu_tanh(self.c_fc(x))  # (B, T, I)
         return self.dropout(self.c_proj(h))  # (B, T, C)
 
 
 class GatedMLP(nn.Module):
     """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``. x (B, T, C) -> (B, T, C).
 
-    ``GatedMLP(hidden_size, intermediate_size, bias=False)``.
+    ``GatedMLP(hidden_size, intermediate_size, bias=False)`` (``bias`` is Llama's ``mlp_bias``).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, *, bias: bool = False):
         super().__init__()
+        self.hidden_size = positive_int("GatedMLP", "hidden_size", hidden_size)
+        self.intermediate_size = positive_int("GatedMLP", "intermediate_size", intermediate_size)
         self.gate_proj = Linear(hidden_size, intermediate_size, bias=bias)
         self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, I) -> (B, T, C)
+        h = ops.silu_mul(self.gate_proj(x), self.up_proj(x))  # (B, T, I)
+        return self.down_proj(h)  # (B, T, C)

@@ -5,6 +5,10 @@ and ``bias`` for LayerNorm), so checkpoints load by name, and do their work
 through ``llm_course.ops``: the PyTorch reference by default, the Triton kernels
 (forward and backward) under ``use_backend("triton")``, the learner's kernels
 under ``use_backend("exercises")``.
+
+The arguments are those of Hugging Face's modules (``LlamaRMSNorm(hidden_size, eps)``,
+``nn.LayerNorm``): a model passes its config's ``rms_norm_eps`` (Llama, Qwen2) or
+``layer_norm_epsilon`` (GPT-2) as ``eps``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 from torch import nn
 
 from llm_course import ops
+from llm_course.models.components.checks import non_negative_float, positive_int
 
 
 class RMSNorm(nn.Module):
@@ -20,8 +25,8 @@ class RMSNorm(nn.Module):
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
-        self.hidden_size = hidden_size
-        self.eps = eps
+        self.hidden_size = positive_int("RMSNorm", "hidden_size", hidden_size)
+        self.eps = non_negative_float("RMSNorm", "eps", eps)
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))  # (N,)
 
     def reset_parameters(self) -> None:
@@ -39,8 +44,8 @@ class LayerNorm(nn.Module):
 
     def __init__(self, hidden_size: int, eps: float = 1e-5, bias: bool = True, device=None, dtype=None):
         super().__init__()
-        self.hidden_size = hidden_size
-        self.eps = eps
+        self.hidden_size = positive_int("LayerNorm", "hidden_size", hidden_size)
+        self.eps = non_negative_float("LayerNorm", "eps", eps)
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))  # (N,)
         if bias:
             self.bias = nn.Parameter(torch.zeros(hidden_size, device=device, dtype=dtype))  # (N,)

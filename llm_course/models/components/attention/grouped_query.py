@@ -1,24 +1,36 @@
 """Grouped-query attention with rotary positions, the Qwen2 / Llama way.
 
-Fewer key/value heads than query heads: ``num_kv_heads`` divides ``num_heads``
-and each group of ``G = num_heads / num_kv_heads`` query heads shares one key
-and one value head. Multi-head attention is G = 1; multi-query attention is
-``num_kv_heads = 1``. The KV cache, which holds K and V for every past token
-(the memory that limits long generations), shrinks by G.
+Fewer key/value heads than query heads: ``num_key_value_heads`` divides
+``num_attention_heads`` and each group of ``G = num_attention_heads / num_key_value_heads``
+query heads shares one key and one value head. Multi-head attention is G = 1;
+multi-query attention is ``num_key_value_heads = 1``. The KV cache, which holds K and V
+for every past token (the memory that limits long generations), shrinks by G.
 
-    x (B, T, C) --q_proj--> (B, Hq, T, D) --RoPE--\
+    x (B, T, C) --q_proj--> (B, Hq, T, D) --RoPE--\\
                 --k_proj--> (B, Hkv, T, D) --RoPE--+-- [append to cache] --attention--> (B, Hq, T, D)
                 --v_proj--> (B, Hkv, T, D) --------/
       --merge heads--> (B, T, Hq * D) --o_proj--> (B, T, C)
 
 Names and biases follow Hugging Face's Qwen2 (``self_attn.q_proj``, ...): q, k and
-v projections with a bias (``qkv_bias=True``; Llama has none), ``o_proj``
-without. ``ops.attention`` broadcasts each kv head over its group; nothing is
-repeated here.
+v projections with a bias (``qkv_bias=True``; Llama has none: its config's
+``attention_bias`` is False), ``o_proj`` without. ``ops.attention`` broadcasts each
+kv head over its group; nothing is repeated here. The arguments are the config keys
+of Qwen2 and Llama (``hidden_size``, ``num_attention_heads``, ``num_key_value_heads``,
+``head_dim``, ``max_position_embeddings``, ``rope_theta``, ``rope_scaling``,
+``sliding_window``, ``attention_dropout``), so a config's values pass straight through.
 
 Positions are explicit: ``position_ids`` (B, T) give each token's position, which
 is how padding on the left and a KV cache (new tokens at positions S_past ..)
 are handled. Keys go into the cache already rotated.
+
+``rope_interleaved=True`` rotates adjacent features ``(2i, 2i+1)`` together, as GPT-J
+and Meta's original Llama code do, instead of ``(i, i + D/2)`` (Hugging Face's
+rotate-half). The two are the same rotation up to a permutation of the features
+(``rotary.deinterleave``). The layer permutes q and k into the rotate-half order and
+rotates them with ``ops.apply_rope``; it never permutes them back, because a score
+``q . k`` is the same whatever order the features are in, as long as q and k share
+it. (Converting a Meta checkpoint to HF format folds the same permutation into the
+rows of ``q_proj`` and ``k_proj`` once, instead.)
 """
 
 from __future__ import annotations
@@ -27,7 +39,8 @@ import torch
 from torch import nn
 
 from llm_course import ops
-from llm_course.models.components.embeddings.rotary import RotaryEmbedding
+from llm_course.models.components.checks import check_hidden_states, positive_int, probability
+from llm_course.models.components.embeddings.rotary import RotaryEmbedding, deinterleave
 from llm_course.models.components.linear import Linear
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # (k, v), each (B, Hkv, S, D)
@@ -36,11 +49,13 @@ KVCache = tuple[torch.Tensor, torch.Tensor]  # (k, v), each (B, Hkv, S, D)
 class GroupedQueryAttention(nn.Module):
     """GQA self-attention with RoPE: ``forward(x, position_ids) -> (B, T, C)``.
 
-    Arguments: ``hidden_size`` C; ``num_heads`` Hq; ``num_kv_heads`` Hkv dividing Hq;
-    ``head_dim`` D (default C / Hq); ``max_position``, ``rope_base``, ``rope_scaling``
-    for the rotary tables (or ``rotary``, a :class:`RotaryEmbedding` shared by all
-    layers of a model, to keep one copy of its tables); ``qkv_bias``;
-    ``sliding_window`` (None: full causal attention); ``attention_dropout``.
+    Arguments: ``hidden_size`` C; ``num_attention_heads`` Hq; ``num_key_value_heads``
+    Hkv dividing Hq (default Hq, as in HF's configs); ``head_dim`` D (default C / Hq,
+    which must then divide evenly); ``max_position_embeddings``, ``rope_theta``,
+    ``rope_scaling`` for the rotary tables (or ``rotary``, a :class:`RotaryEmbedding`
+    shared by all layers of a model, to keep one copy of its tables);
+    ``rope_interleaved``; ``qkv_bias``; ``sliding_window`` (None: full causal
+    attention); ``attention_dropout``.
 
     ``forward(x, position_ids=None, key_padding_mask=None, past_key_value=None,
     use_cache=False, position_embeddings=None)``:
@@ -56,30 +71,51 @@ class GroupedQueryAttention(nn.Module):
     def __init__(
         self,
         hidden_size: int,
-        num_heads: int,
-        num_kv_heads: int,
+        num_attention_heads: int,
+        num_key_value_heads: int | None = None,
         *,
         head_dim: int | None = None,
-        max_position: int = 2048,
-        rope_base: float = 10000.0,
+        max_position_embeddings: int = 2048,
+        rope_theta: float = 10000.0,
         rope_scaling: dict | None = None,
+        rope_interleaved: bool = False,
         rotary: RotaryEmbedding | None = None,
         qkv_bias: bool = True,
         sliding_window: int | None = None,
         attention_dropout: float = 0.0,
     ):
         super().__init__()
-        if num_kv_heads < 1 or num_heads % num_kv_heads != 0:
-            raise ValueError(f"GroupedQueryAttention: num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
-        self.hidden_size, self.num_heads, self.num_kv_heads = hidden_size, num_heads, num_kv_heads
-        self.head_dim = head_dim or hidden_size // num_heads
-        self.sliding_window, self.attention_dropout = sliding_window, attention_dropout
-        D = self.head_dim
-        self.q_proj = Linear(hidden_size, num_heads * D, bias=qkv_bias)
-        self.k_proj = Linear(hidden_size, num_kv_heads * D, bias=qkv_bias)
-        self.v_proj = Linear(hidden_size, num_kv_heads * D, bias=qkv_bias)
-        self.o_proj = Linear(num_heads * D, hidden_size, bias=False)
-        self.rotary_emb = rotary if rotary is not None else RotaryEmbedding(D, max_position, rope_base, rope_scaling)
+        name = "GroupedQueryAttention"
+        C = positive_int(name, "hidden_size", hidden_size)
+        Hq = positive_int(name, "num_attention_heads", num_attention_heads)
+        Hkv = Hq if num_key_value_heads is None else positive_int(name, "num_key_value_heads", num_key_value_heads)
+        if Hq % Hkv != 0:
+            raise ValueError(
+                f"{name}: num_key_value_heads={Hkv} does not divide num_attention_heads={Hq}: "
+                f"each key/value head must serve the same number of query heads"
+            )
+        if head_dim is None:
+            if C % Hq != 0:
+                raise ValueError(
+                    f"{name}: head_dim is not given and hidden_size={C} does not divide evenly into "
+                    f"num_attention_heads={Hq} heads ({C / Hq:g} each); pass head_dim explicitly"
+                )
+            head_dim = C // Hq
+        D = positive_int(name, "head_dim", head_dim)
+        if sliding_window is not None:
+            positive_int(name, "sliding_window", sliding_window)
+        if rotary is not None and rotary.head_dim != D:
+            raise ValueError(f"{name}: the shared rotary has head_dim={rotary.head_dim}, but this layer's head_dim={D}")
+        self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim = C, Hq, Hkv, D
+        self.sliding_window, self.rope_interleaved = sliding_window, rope_interleaved
+        self.attention_dropout = probability(name, "attention_dropout", attention_dropout)
+        self.q_proj = Linear(C, Hq * D, bias=qkv_bias)
+        self.k_proj = Linear(C, Hkv * D, bias=qkv_bias)
+        self.v_proj = Linear(C, Hkv * D, bias=qkv_bias)
+        self.o_proj = Linear(Hq * D, C, bias=False)
+        if rotary is None:
+            rotary = RotaryEmbedding(D, max_position_embeddings, rope_theta, rope_scaling)
+        self.rotary_emb = rotary
 
     def forward(
         self,
@@ -90,18 +126,21 @@ class GroupedQueryAttention(nn.Module):
         use_cache: bool = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
+        check_hidden_states("GroupedQueryAttention", x, self.hidden_size)
         B, T, _ = x.shape
-        D = self.head_dim
+        Hq, Hkv, D = self.num_attention_heads, self.num_key_value_heads, self.head_dim
         past = 0 if past_key_value is None else past_key_value[0].shape[2]
-        q = self.q_proj(x).view(B, T, self.num_heads, D).transpose(1, 2)  # (B, Hq, T, D)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, D).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, D).transpose(1, 2)  # (B, Hkv, T, D)
+        q = self.q_proj(x).view(B, T, Hq, D).transpose(1, 2)  # (B, Hq, T, D)
+        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
 
         if position_embeddings is None:
             if position_ids is None:
                 position_ids = torch.arange(past, past + T, device=x.device)  # (T,)
             position_embeddings = self.rotary_emb(position_ids)  # (B, T, D) or (T, D) each
         cos, sin = position_embeddings
+        if self.rope_interleaved:  # pairs (2i, 2i+1) -> (i, i + D/2), the same order for q and k
+            q, k = deinterleave(q), deinterleave(k)
         q = ops.apply_rope(q, cos, sin)  # (B, Hq, T, D)
         k = ops.apply_rope(k, cos, sin)  # (B, Hkv, T, D)
 
@@ -115,12 +154,14 @@ class GroupedQueryAttention(nn.Module):
             key_padding_mask=key_padding_mask,
             dropout_p=self.attention_dropout if self.training else 0.0,
         )  # (B, Hq, T, D)  # fmt: skip
-        y = y.transpose(1, 2).reshape(B, T, self.num_heads * D)  # (B, T, Hq * D)
+        y = y.transpose(1, 2).reshape(B, T, Hq * D)  # (B, T, Hq * D)
         out = self.o_proj(y)  # (B, T, C)
         return (out, (k, v)) if use_cache else out
 
     def extra_repr(self) -> str:
+        interleaved = ", rope_interleaved=True" if self.rope_interleaved else ""
         return (
-            f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
-            f"sliding_window={self.sliding_window}"
+            f"hidden_size={self.hidden_size}, num_attention_heads={self.num_attention_heads}, "
+            f"num_key_value_heads={self.num_key_value_heads}, head_dim={self.head_dim}, "
+            f"sliding_window={self.sliding_window}{interleaved}"
         )

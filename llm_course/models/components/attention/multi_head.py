@@ -11,9 +11,14 @@ The parameter names are those of Hugging Face's GPT-2 (``attn.c_attn``,
 GPT-2 stores these weights in a ``Conv1D`` of shape (in, out), the transpose of
 the (out, in) ``weight`` of ``Linear`` here.
 
-Two dropouts, as in GPT-2: on the attention probabilities (``attn_dropout``,
-passed to ``ops.attention`` as ``dropout_p`` only in training mode) and on the
-output (``resid_dropout``). ``model.eval()`` turns both off.
+Two dropouts, as in GPT-2: on the attention probabilities (``attention_dropout``,
+GPT-2's ``attn_pdrop``, passed to ``ops.attention`` as ``dropout_p`` only in
+training mode) and on the output (``resid_dropout``, GPT-2's ``resid_pdrop``).
+``model.eval()`` turns both off.
+
+The arguments are the Hugging Face config names (``hidden_size``,
+``num_attention_heads``; GPT-2's config answers to these too, for its ``n_embd``
+and ``n_head``).
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ import torch
 from torch import nn
 
 from llm_course import ops
+from llm_course.models.components.checks import check_hidden_states, positive_int, probability
 from llm_course.models.components.linear import Linear
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # (k, v), each (B, Hkv, S, D)
 
 
 class MultiHeadAttention(nn.Module):
-    """GPT-2 attention: ``forward(x) -> (B, T, C)``; x (B, T, C) with C = d_model.
+    """GPT-2 attention: ``forward(x) -> (B, T, C)``; x (B, T, C) with C = hidden_size.
 
-    ``MultiHeadAttention(d_model, num_heads, bias=True, attn_dropout=0.0, resid_dropout=0.0, causal=True)``.
+    ``MultiHeadAttention(hidden_size, num_attention_heads, bias=True, attention_dropout=0.0,
+    resid_dropout=0.0, causal=True)``; the head size is ``hidden_size / num_attention_heads``.
 
     ``forward(x, key_padding_mask=None, past_key_value=None, use_cache=False)``:
 
@@ -43,26 +50,34 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(
         self,
-        d_model: int,
-        num_heads: int,
+        hidden_size: int,
+        num_attention_heads: int,
         *,
         bias: bool = True,
-        attn_dropout: float = 0.0,
+        attention_dropout: float = 0.0,
         resid_dropout: float = 0.0,
         causal: bool = True,
     ):
         super().__init__()
-        if d_model % num_heads != 0:
-            raise ValueError(f"MultiHeadAttention: d_model={d_model} is not a multiple of num_heads={num_heads}")
-        self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
-        self.causal, self.attn_dropout = causal, attn_dropout
-        self.c_attn = Linear(d_model, 3 * d_model, bias=bias)  # x -> [q | k | v]
-        self.c_proj = Linear(d_model, d_model, bias=bias)
-        self.resid_dropout = nn.Dropout(resid_dropout)
+        name = "MultiHeadAttention"
+        hidden_size = positive_int(name, "hidden_size", hidden_size)
+        num_attention_heads = positive_int(name, "num_attention_heads", num_attention_heads)
+        if hidden_size % num_attention_heads != 0:
+            raise ValueError(
+                f"{name}: hidden_size={hidden_size} does not divide evenly into num_attention_heads="
+                f"{num_attention_heads} heads (the head size would be {hidden_size / num_attention_heads:g})"
+            )
+        self.hidden_size, self.num_attention_heads = hidden_size, num_attention_heads
+        self.head_dim = hidden_size // num_attention_heads
+        self.causal = causal
+        self.attention_dropout = probability(name, "attention_dropout", attention_dropout)
+        self.c_attn = Linear(hidden_size, 3 * hidden_size, bias=bias)  # x -> [q | k | v]
+        self.c_proj = Linear(hidden_size, hidden_size, bias=bias)
+        self.resid_dropout = nn.Dropout(probability(name, "resid_dropout", resid_dropout))
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         B, T, _ = t.shape
-        return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
+        return t.view(B, T, self.num_attention_heads, self.head_dim).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
 
     def forward(
         self,
@@ -71,8 +86,9 @@ class MultiHeadAttention(nn.Module):
         past_key_value: KVCache | None = None,
         use_cache: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
+        check_hidden_states("MultiHeadAttention", x, self.hidden_size)
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.d_model, dim=-1)  # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split(self.hidden_size, dim=-1)  # 3 x (B, T, C)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, H, T, D)
         if past_key_value is not None:
             k = torch.cat((past_key_value[0], k), dim=2)  # (B, H, S, D), S = S_past + T
@@ -81,11 +97,14 @@ class MultiHeadAttention(nn.Module):
             q, k, v,
             causal=self.causal,
             key_padding_mask=key_padding_mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
+            dropout_p=self.attention_dropout if self.training else 0.0,
         )  # (B, H, T, D)  # fmt: skip
         y = y.transpose(1, 2).reshape(B, T, C)  # merge the heads: (B, T, C)
         out = self.resid_dropout(self.c_proj(y))
         return (out, (k, v)) if use_cache else out
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, num_heads={self.num_heads}, causal={self.causal}, attn_dropout={self.attn_dropout}"
+        return (
+            f"hidden_size={self.hidden_size}, num_attention_heads={self.num_attention_heads}, "
+            f"causal={self.causal}, attention_dropout={self.attention_dropout}"
+        )

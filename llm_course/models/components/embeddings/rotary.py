@@ -12,7 +12,21 @@ these angles once, in float32, for positions 0 .. max_position - 1, and hands ou
 the rows of the positions asked for; ``llm_course.ops.apply_rope`` does the
 rotation.
 
-**Scaling: using a model beyond the length it was trained on.** The ``scaling``
+The arguments carry the names of a Hugging Face config: ``max_position_embeddings``
+(the context length), ``rope_theta`` (the ``base`` of the formula above),
+``rope_scaling``.
+
+**Which features make a pair.** The tables here are laid out for Hugging Face's
+*rotate-half* pairing, feature ``i`` with feature ``i + D/2`` (see
+``backends/torch_ops/rope.py``). GPT-J and Meta's original Llama code pair
+*adjacent* features ``(2i, 2i+1)`` instead. That is the same rotation up to a
+permutation of the features: :func:`deinterleave` moves feature ``2i`` to ``i`` and
+``2i+1`` to ``i + D/2``, so adjacent pairs become rotate-half pairs, and
+:func:`apply_rope_interleaved` rotates adjacent pairs as
+``interleave(ops.apply_rope(deinterleave(x), cos, sin))`` with the same tables and the
+same op (and kernel).
+
+**Scaling: using a model beyond the length it was trained on.** The ``rope_scaling``
 argument takes Hugging Face's ``rope_scaling`` dict from a model's config.json
 (``{"rope_type": "linear", "factor": 4.0}``; older configs write ``"type"``):
 
@@ -42,23 +56,62 @@ import math
 import torch
 from torch import nn
 
+from llm_course import ops
+from llm_course.models.components.checks import positive_int
+
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
 
-def rope_type(scaling: dict | None) -> str:
+def rope_type(rope_scaling: dict | None, component: str = "rope_scaling") -> str:
     """The scaling variant named by a ``rope_scaling`` dict (``"default"`` for None)."""
-    if scaling is None:
+    if rope_scaling is None:
         return "default"
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if not isinstance(rope_scaling, dict):
+        raise TypeError(f"{component}: rope_scaling must be a dict or None, got {type(rope_scaling).__name__}")
+    kind = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
     if kind not in ROPE_TYPES:
-        raise ValueError(f"rope scaling {kind!r} is not supported; choose one of {', '.join(ROPE_TYPES)}")
+        raise ValueError(f"{component}: rope scaling {kind!r} is not supported; choose one of {', '.join(ROPE_TYPES)}")
     return kind
 
 
-def _require(scaling: dict, *keys: str) -> None:
-    missing = [k for k in keys if k not in scaling]
+def _positive_number(component: str, name: str, value, *, above: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= above:
+        raise ValueError(f"{component}: {name}={value!r} must be a finite number > {above:g}")
+    return float(value)
+
+
+def check_rope_arguments(
+    component: str, head_dim: int, rope_theta: float, rope_scaling: dict | None, max_position_embeddings: int
+) -> str:
+    """Refuse what would give NaN or meaningless tables; return the scaling variant.
+
+    ``rope_theta`` must be > 1 (the frequencies ``rope_theta ** (-2i/D)`` fall from 1;
+    0 gives NaN and 1 makes every pair turn alike), a scaling ``factor`` > 0.
+    """
+    positive_int(component, "head_dim", head_dim)
+    if head_dim % 2 != 0:
+        raise ValueError(f"{component}: head_dim={head_dim} must be even (features are rotated in pairs)")
+    positive_int(component, "max_position_embeddings", max_position_embeddings)
+    _positive_number(component, "rope_theta", rope_theta, above=1.0)
+    kind = rope_type(rope_scaling, component)
+    if kind == "default":
+        return kind
+    missing = [k for k in ("factor",) if k not in rope_scaling]
+    if kind == "llama3":
+        missing += [k for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings") if k not in rope_scaling]
     if missing:
-        raise ValueError(f"rope scaling {rope_type(scaling)!r} needs the keys {missing} in its dict, got {scaling}")
+        raise ValueError(f"{component}: rope scaling {kind!r} needs the keys {missing} in its dict, got {rope_scaling}")
+    _positive_number(component, "rope_scaling['factor']", rope_scaling["factor"])
+    original = rope_scaling.get("original_max_position_embeddings")
+    if original is not None:
+        positive_int(component, "rope_scaling['original_max_position_embeddings']", original)
+    if kind == "llama3":
+        low = _positive_number(component, "rope_scaling['low_freq_factor']", rope_scaling["low_freq_factor"])
+        high = _positive_number(component, "rope_scaling['high_freq_factor']", rope_scaling["high_freq_factor"])
+        if high <= low:
+            raise ValueError(f"{component}: rope_scaling['high_freq_factor']={high:g} must be greater than "
+                             f"low_freq_factor={low:g}")  # fmt: skip
+    return kind
 
 
 def default_inv_freq(head_dim: int, base: float) -> torch.Tensor:
@@ -72,9 +125,9 @@ def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 
 def rope_frequencies(
     head_dim: int,
-    base: float = 10000.0,
-    scaling: dict | None = None,
-    max_position: int = 2048,
+    rope_theta: float = 10000.0,
+    rope_scaling: dict | None = None,
+    max_position_embeddings: int = 2048,
     seq_len: int | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The D/2 rotation frequencies and the attention factor (cos and sin are multiplied by it).
@@ -82,14 +135,12 @@ def rope_frequencies(
     ``seq_len`` matters only for ``dynamic``: the length of the sequence being
     processed. Returns (inv_freq (D/2,) float32, attention_factor).
     """
-    if head_dim % 2 != 0:
-        raise ValueError(f"rotary embeddings need an even head size, got {head_dim}")
-    kind = rope_type(scaling)
+    kind = check_rope_arguments("rope_frequencies", head_dim, rope_theta, rope_scaling, max_position_embeddings)
+    base, scaling, max_position = float(rope_theta), rope_scaling, max_position_embeddings
     inv_freq = default_inv_freq(head_dim, base)  # (D/2,)
     if kind == "default":
         return inv_freq, 1.0
 
-    _require(scaling, "factor")
     factor = float(scaling["factor"])
     if kind == "linear":
         return inv_freq / factor, 1.0
@@ -127,7 +178,6 @@ def rope_frequencies(
         return inv_freq, float(attention_factor)
 
     # llama3
-    _require(scaling, "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     low_f, high_f = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
     original = scaling["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq  # (D/2,) tokens per turn
@@ -138,30 +188,60 @@ def rope_frequencies(
     return torch.where(medium, blended, scaled), 1.0
 
 
+def deinterleave(x: torch.Tensor) -> torch.Tensor:
+    """Adjacent pairs to rotate-half pairs: features (x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...).
+
+    Feature 2i goes to i and 2i+1 to i + D/2. (..., D) -> (..., D), a copy.
+    """
+    return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
+
+
+def interleave(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`deinterleave`: feature i goes to 2i and i + D/2 to 2i+1. (..., D) -> (..., D)."""
+    half = x.shape[-1] // 2
+    return torch.stack((x[..., :half], x[..., half:]), dim=-1).flatten(-2)
+
+
+def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on adjacent pairs (2i, 2i+1), as GPT-J and Meta's Llama code: pair i turns by the angle of pair i.
+
+    x (B, H, T, D); cos, sin (B, T, D) or (T, D) from :class:`RotaryEmbedding` (the same
+    tables as the rotate-half default) -> (B, H, T, D). Runs ``ops.apply_rope`` between
+    two permutations of the features, so it works on every backend.
+    """
+    return interleave(ops.apply_rope(deinterleave(x), cos, sin))
+
+
 class RotaryEmbedding(nn.Module):
     """cos/sin tables of rotary embeddings: ``forward(position_ids) -> (cos, sin)``.
 
-    ``RotaryEmbedding(head_dim, max_position, base=10000.0, scaling=None)``:
-    ``max_position`` is the model's context length (``max_position_embeddings``),
-    ``base`` its ``rope_theta``, ``scaling`` its ``rope_scaling`` dict.
+    ``RotaryEmbedding(head_dim, max_position_embeddings, rope_theta=10000.0, rope_scaling=None)``:
+    the model's head size, context length, ``rope_theta`` and ``rope_scaling`` dict,
+    as in its config.
 
     ``forward(position_ids)`` with position_ids (B, T) or (T,) int returns cos and
     sin of shape (B, T, D) or (T, D), float32 unless ``dtype`` is given, each
-    angle written twice (``cat(cos(a), cos(a))``) for the rotate-half pairing.
+    angle written twice (``cat(cos(a), cos(a))``) for the rotate-half pairing
+    (for adjacent pairs, see :func:`apply_rope_interleaved`).
     The tables are buffers that are not saved in the state dict (checkpoints do
     not hold them); positions past the table extend it.
     """
 
-    def __init__(self, head_dim: int, max_position: int, base: float = 10000.0, scaling: dict | None = None):
+    def __init__(
+        self, head_dim: int, max_position_embeddings: int, rope_theta: float = 10000.0, rope_scaling: dict | None = None
+    ):
         super().__init__()
-        self.head_dim, self.max_position, self.base = head_dim, max_position, float(base)
-        self.scaling = dict(scaling) if scaling is not None else None
-        self.rope_type = rope_type(self.scaling)
-        inv_freq, self.attention_scaling = rope_frequencies(head_dim, self.base, self.scaling, max_position)
+        self.rope_type = check_rope_arguments("RotaryEmbedding", head_dim, rope_theta, rope_scaling, max_position_embeddings)
+        self.head_dim, self.max_position_embeddings, self.rope_theta = head_dim, max_position_embeddings, float(rope_theta)
+        self.rope_scaling = dict(rope_scaling) if rope_scaling is not None else None
+        inv_freq, self.attention_scaling = self._frequencies()
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
         self.register_buffer("cos_cached", torch.empty(0), persistent=False)  # (L, D)
         self.register_buffer("sin_cached", torch.empty(0), persistent=False)  # (L, D)
-        self._build_cache(max_position)
+        self._build_cache(max_position_embeddings)
+
+    def _frequencies(self, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+        return rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling, self.max_position_embeddings, seq_len)
 
     def _build_cache(self, length: int) -> None:
         """cos and sin of ``p * inv_freq`` for p = 0 .. length - 1, in float32. -> (length, D) each.
@@ -170,8 +250,7 @@ class RotaryEmbedding(nn.Module):
         ``model.half()`` may have rounded); for ``dynamic`` they depend on ``length``.
         """
         device = self.cos_cached.device
-        seq_len = length if self.rope_type == "dynamic" else None
-        inv_freq, _ = rope_frequencies(self.head_dim, self.base, self.scaling, self.max_position, seq_len=seq_len)
+        inv_freq, _ = self._frequencies(seq_len=length if self.rope_type == "dynamic" else None)
         self.inv_freq = inv_freq.to(device)
         pos = torch.arange(length, dtype=torch.float32)  # (L,)
         angles = torch.outer(pos, inv_freq)  # (L, D/2)
@@ -181,13 +260,13 @@ class RotaryEmbedding(nn.Module):
 
     def _ensure(self, length: int) -> None:
         """Make the tables cover positions 0 .. length - 1."""
-        cached = self.cos_cached.shape[0]
+        cached, trained = self.cos_cached.shape[0], self.max_position_embeddings
         if self.cos_cached.dtype != torch.float32:  # the module was cast (model.half()): rebuild in float32
             self._build_cache(max(cached, length))
         elif length > cached:  # longer than ever (for dynamic: a larger base)
             self._build_cache(length)
-        elif self.rope_type == "dynamic" and length <= self.max_position < cached:
-            self._build_cache(self.max_position)  # back within the trained length: the original base
+        elif self.rope_type == "dynamic" and length <= trained < cached:
+            self._build_cache(trained)  # back within the trained length: the original base
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,4 +283,7 @@ class RotaryEmbedding(nn.Module):
         return cos, sin
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, max_position={self.max_position}, base={self.base:g}, scaling={self.scaling}"
+        return (
+            f"head_dim={self.head_dim}, max_position_embeddings={self.max_position_embeddings}, "
+            f"rope_theta={self.rope_theta:g}, rope_scaling={self.rope_scaling}"
+        )
