@@ -58,6 +58,7 @@ configure_triton()
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 from llm_course.device import autotune_configs  # noqa: E402
@@ -334,6 +335,7 @@ class FlashAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, do):
         from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward
 

@@ -37,6 +37,7 @@ configure_triton()
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.rmsnorm import (  # noqa: E402
@@ -198,6 +199,7 @@ class LayerNormFunction(torch.autograd.Function):
         return y.view(x.shape)
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dy):
         x2, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dw, db = layernorm_backward(as_rows(dy), x2, weight, bias, mean, rstd)

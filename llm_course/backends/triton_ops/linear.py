@@ -25,6 +25,7 @@ from llm_course.device import configure_triton
 configure_triton()
 
 import torch  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.matmul import launch_matmul  # noqa: E402
@@ -58,6 +59,7 @@ class LinearFunction(torch.autograd.Function):
         return launch_matmul(x, weight.T, bias)  # (M, K) @ (K, N) + bias -> (M, N)
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dy: torch.Tensor):
         x, weight = ctx.saved_tensors  # (M, K), (N, K)
         dx = dweight = dbias = None

@@ -49,6 +49,7 @@ configure_triton()
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 
@@ -237,6 +238,7 @@ class MatmulFunction(torch.autograd.Function):
         return launch_matmul(a, b)
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dc: torch.Tensor):
         a, b = ctx.saved_tensors
         da = launch_matmul(dc, b.T) if ctx.needs_input_grad[0] else None  # (M, N) @ (N, K)

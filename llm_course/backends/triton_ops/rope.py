@@ -46,6 +46,7 @@ configure_triton()
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.torch_ops.rope import check_rope_inputs  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
@@ -196,6 +197,7 @@ class RopeFunction(torch.autograd.Function):
         return rope_launch(x, cos, sin)[0]
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dout):
         cos, sin = ctx.saved_tensors
         dx = rope_launch(_last_dim_contiguous(dout), cos, sin, backward=True)[0]
@@ -209,6 +211,7 @@ class RopeQKFunction(torch.autograd.Function):
         return rope_launch(q, cos, sin, k)
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dq_out, dk_out):
         cos, sin = ctx.saved_tensors
         dq_out = _last_dim_contiguous(dq_out) if dq_out is not None else None

@@ -34,6 +34,7 @@ configure_triton()
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 
@@ -190,6 +191,7 @@ class SoftmaxFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
         return softmax_backward(y, dy)
