@@ -76,7 +76,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``x @ weight.T + bias`` through the Triton matmul. x (..., K), weight (N, K), bias (N,) -> (..., N)."""
     _check(x, weight, bias)
     lead = x.shape[:-1]
-    x2d = x.reshape(-1, x.shape[-1])  # (M, K), M = product of the leading dimensions
+    x2d = x.reshape(lead.numel(), x.shape[-1])  # (M, K), M = product of the leading dimensions (K may be 0)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         y = LinearFunction.apply(x2d, weight, bias)  # (M, N)
     else:
