@@ -40,7 +40,7 @@ from torch import nn
 
 from llm_course import ops
 from llm_course.models.components.checks import check_hidden_states, positive_int, probability
-from llm_course.models.components.embeddings.rotary import RotaryEmbedding, deinterleave
+from llm_course.models.components.embeddings.rotary import RotaryEmbedding, check_rope_arguments, deinterleave
 from llm_course.models.components.linear import Linear
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # (k, v), each (B, Hkv, S, D)
@@ -104,7 +104,9 @@ class GroupedQueryAttention(nn.Module):
         D = positive_int(name, "head_dim", head_dim)
         if sliding_window is not None:
             positive_int(name, "sliding_window", sliding_window)
-        if rotary is not None and rotary.head_dim != D:
+        if rotary is None:  # checked here, so that an error names this layer
+            check_rope_arguments(name, D, rope_theta, rope_scaling, max_position_embeddings)
+        elif rotary.head_dim != D:
             raise ValueError(f"{name}: the shared rotary has head_dim={rotary.head_dim}, but this layer's head_dim={D}")
         self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim = C, Hq, Hkv, D
         self.sliding_window, self.rope_interleaved = sliding_window, rope_interleaved
