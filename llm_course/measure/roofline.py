@@ -230,7 +230,7 @@ def plot_roofline(
     :class:`Peak`, taken in ``ceilings.dtype``, or :class:`Ceilings`) is drawn
     dashed beside it. Each point is a dot with its name. Pass ``ax`` to draw
     into an existing plot. A measured point more than 5% above a measured roof
-    gets a note on the plot (:data:`ABOVE_ROOF_NOTE`): its data came from the caches.
+    gets a note on the plot (:data:`ABOVE_ROOF_NOTE`) that says why that can happen.
     """
     import matplotlib.pyplot as plt
 
@@ -298,10 +298,11 @@ def plot_roofline(
     return fig
 
 
-# Written on the plot when a measured point beats a measured roof: no kernel beats the memory
-# it reads, but small inputs are read from the caches, which are faster than the memory the
-# roof was measured on (a copy much larger than the caches).
+# Written on the plot when a measured point beats a measured roof. No kernel beats the memory
+# it reads: either its inputs were small enough to stay in the caches, which are faster than
+# the memory the roof was measured on (a copy larger than the caches), or the roof was
+# measured at a busy moment (other programs, clock changes) and is too low.
 ABOVE_ROOF_NOTE = (
-    "Above the measured roof: {names}.\nTheir inputs fit in the caches, which are faster than\n"
-    "the memory the roof was measured on (a copy larger than the caches)."
+    "Above the measured roof: {names}.\nEither their inputs stayed in the caches, faster than the\n"
+    "memory the roof was measured on, or the roofs were measured\nat a busy moment: measure both again."
 )
