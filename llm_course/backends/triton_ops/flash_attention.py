@@ -18,7 +18,8 @@ recompute P block by block (``flash_attention_bwd.py``).
 This file has the three layers of every kernel in the course:
 
 1. ``_flash_fwd_kernel``: one program computes BLOCK_M query rows of one head;
-2. ``flash_attention_forward``: the launcher, which checks its inputs;
+2. ``flash_attention_forward``: the launcher (constants, input checks and block ranges
+   shared with the backward are in ``flash_common.py``);
 3. ``FlashAttention`` (a ``torch.autograd.Function``) and ``attention``, the
    function registered as backend "triton" of ``llm_course.ops.attention``.
 
@@ -60,52 +61,17 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward  # noqa: E402
+from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
+    LOG2E,
+    OP,
+    check_attention_inputs,
+    key_range,
+    seq_bucket,
+)
 from llm_course.device import autotune_configs  # noqa: E402
 
-OP = "flash_attention"
-HEAD_DIMS = (16, 32, 64, 128)  # powers of two the kernels are built for
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
-
-
-def seq_bucket(n: int) -> int:
-    """Autotuning is keyed on sequence lengths rounded up to a power of two (fewer re-tunings)."""
-    return triton.next_power_of_2(max(int(n), 16))
-
-
 # --- 1. the kernel -----------------------------------------------------------------------
-
-
-@triton.jit
-def _key_range(m0, T, S, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """Which key blocks the query rows [m0, m0 + BLOCK_M) must visit, cut into three ranges.
-
-    Returns ``lo <= mid_lo <= mid_hi <= hi``, all multiples of BLOCK_N:
-    [lo, mid_lo) and [mid_hi, hi) hold blocks that need a mask (window edge; causal
-    diagonal and the ragged end of the keys); [mid_lo, mid_hi) holds blocks every
-    row of this query block sees entirely, which run without a mask.
-    """
-    off = S - T  # causal alignment: query i sees keys j <= i + off
-    row_end = tl.minimum(m0 + BLOCK_M, T)  # one past the last real query row
-    lo = 0
-    hi = S
-    full_lo = 0
-    full_hi = S
-    if CAUSAL:
-        hi = tl.minimum(hi, row_end + off)  # the last row sees keys < row_end + off
-        full_hi = tl.minimum(hi, m0 + off + 1)  # the first row sees keys < m0 + off + 1
-    if HAS_WINDOW:
-        lo = tl.maximum(m0 + off - window + 1, 0)  # the first row's oldest key
-        full_lo = row_end + off - window  # the last row's oldest key
-    # round outwards to whole blocks for [lo, hi), inwards for the unmasked middle
-    hi = tl.cdiv(tl.maximum(hi, 0), BLOCK_N) * BLOCK_N
-    lo = tl.minimum((lo // BLOCK_N) * BLOCK_N, hi)
-    mid_lo = tl.cdiv(tl.maximum(full_lo, 0), BLOCK_N) * BLOCK_N
-    mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
-    mid_hi = (tl.maximum(full_hi, 0) // BLOCK_N) * BLOCK_N
-    mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
-    return lo, mid_lo, mid_hi, hi
 
 
 @triton.jit
@@ -228,7 +194,7 @@ def _flash_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    lo, mid_lo, mid_hi, hi = _key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    lo, mid_lo, mid_hi, hi = key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
     if HAS_WINDOW:  # stage 1: blocks cut by the window's lower edge
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
                                     lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
@@ -256,42 +222,12 @@ def _flash_fwd_kernel(
 # --- 2. the launcher -----------------------------------------------------------------------
 
 
-def check_attention_inputs(q, k, v, *, scale=None, window=None, key_padding_mask=None, op: str = OP) -> None:
-    """Refuse, with a clear error, every input the kernels cannot handle."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(op, name, t, ndim=4, dtypes=(torch.float32, torch.float16, torch.bfloat16))
-    check_same_device(op, q=q, k=k, v=v, key_padding_mask=key_padding_mask)
-    check_same_dtype(op, q=q, k=k, v=v)
-    B, Hq, T, D = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    Bk, Hkv, S, Dk = k.shape
-    if Bk != B or Dk != D:
-        raise ValueError(
-            f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch and head dim "
-            "(q is (B, Hq, T, D), k and v are (B, Hkv, S, D))"
-        )
-    if Hkv == 0 or Hq % Hkv != 0:
-        raise ValueError(f"{op}: the number of kv heads ({Hkv}) must divide the number of query heads ({Hq})")
-    if D not in HEAD_DIMS:
-        raise ValueError(f"{op}: head dim {D} is not supported; supported head dims: {', '.join(map(str, HEAD_DIMS))}")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"{op}: scale must be a positive number or None, got {scale!r}")
-    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
-        raise ValueError(f"{op}: window must be a positive int or None, got {window!r}")
-    if key_padding_mask is not None:
-        m = key_padding_mask
-        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (B, S):
-            got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
-            raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape (B, S) = ({B}, {S}), got {got}")
-
-
 def flash_attention_forward(q, k, v, *, causal=True, scale=None, window=None, key_padding_mask=None):
     """Run the forward kernel. Returns ``(o, lse)``: o (B, Hq, T, D) like q, lse (B, Hq, T) float32.
 
-    Inputs may be any strided views (no copy is made); checked by :func:`check_attention_inputs`.
+    Inputs may be any strided views (no copy is made). They are checked once, by :func:`attention`;
+    call :func:`check_attention_inputs` first when calling this launcher directly.
     """
-    check_attention_inputs(q, k, v, scale=scale, window=window, key_padding_mask=key_padding_mask)
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
@@ -337,8 +273,6 @@ class FlashAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, do):
-        from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward
-
         q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
         dq, dk, dv = flash_attention_backward(
             q, k, v, o, lse, do, causal=ctx.causal, scale=ctx.scale, window=ctx.window,

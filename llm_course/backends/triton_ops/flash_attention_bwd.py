@@ -46,11 +46,11 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
-from llm_course.backends.triton_ops.flash_attention import (  # noqa: E402
+from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
     LOG2E,
     OP,
-    _key_range,
-    check_attention_inputs,
+    key_range,
+    query_range,
     seq_bucket,
 )
 from llm_course.device import autotune_configs  # noqa: E402
@@ -89,37 +89,6 @@ def _bwd_preprocess_kernel(
 
 
 # --- 2. dK and dV: one program per key block, looping over queries -----------------------------
-
-
-@triton.jit
-def _query_range(n0, T, S, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """Which query blocks see the keys [n0, n0 + BLOCK_N), cut into three ranges.
-
-    Returns ``lo <= mid_lo <= mid_hi <= hi``, multiples of BLOCK_M: [lo, mid_lo)
-    (the causal diagonal) and [mid_hi, hi) (the window's edge, the ragged end of
-    the queries) need a mask; the query blocks of [mid_lo, mid_hi) see every key
-    of the block.
-    """
-    off = S - T  # query i sees key j when j <= i + off (causal), j > i + off - window
-    col_end = tl.minimum(n0 + BLOCK_N, S)  # one past the last real key
-    lo = 0
-    hi = T
-    full_lo = 0
-    full_hi = T
-    if CAUSAL:
-        lo = tl.maximum(n0 - off, 0)  # first row that sees the block's first key
-        full_lo = col_end - 1 - off  # rows from here on see the block's last key
-    if HAS_WINDOW:
-        hi = tl.minimum(col_end - 1 - off + window, T)  # rows below this see the block's last key
-        full_hi = tl.minimum(hi, n0 - off + window)  # rows below this still see the first key
-    hi = tl.cdiv(tl.maximum(hi, 0), BLOCK_M) * BLOCK_M
-    lo = tl.minimum((lo // BLOCK_M) * BLOCK_M, hi)
-    mid_lo = tl.cdiv(tl.maximum(full_lo, 0), BLOCK_M) * BLOCK_M
-    mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
-    mid_hi = (tl.maximum(full_hi, 0) // BLOCK_M) * BLOCK_M  # whole query blocks only: no ragged end
-    mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
-    return lo, mid_lo, mid_hi, hi
 
 
 @triton.jit
@@ -210,7 +179,7 @@ def _bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
-    lo, mid_lo, mid_hi, hi = _query_range(n0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    lo, mid_lo, mid_hi, hi = query_range(n0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
     for g in range(GROUP):  # every query head that shares this kv head
         h = h_kv * GROUP + g
         bh = b * (n_kv_heads * GROUP) + h  # row of the (B, Hq, T) lse and delta
@@ -332,7 +301,7 @@ def _bwd_dq_kernel(
     pad_ptrs = PAD + b.to(tl.int64) * stride_pb
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    lo, mid_lo, mid_hi, hi = _key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    lo, mid_lo, mid_hi, hi = key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
     if HAS_WINDOW:
         dq = _dq_blocks(dq, q, do, lse2, delta, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
                         lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
@@ -356,7 +325,6 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, wi
 
     ``do`` is the gradient of ``o``; returns ``(dq, dk, dv)`` shaped like q, k, v (contiguous).
     """
-    check_attention_inputs(q, k, v, scale=scale, window=window, key_padding_mask=key_padding_mask)
     check_tensor(OP, "do", do, ndim=4, dtypes=(q.dtype,))
     check_tensor(OP, "o", o, ndim=4, dtypes=(q.dtype,))
     check_tensor(OP, "lse", lse, ndim=3, dtypes=(torch.float32,), contiguous=True)
