@@ -40,22 +40,10 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
-from llm_course.backends.triton_ops.rmsnorm import (  # noqa: E402
-    MAX_FUSED_SIZE,
-    as_rows,
-    backward_programs,
-    backward_stages,
-)
+from llm_course.backends.triton_ops.launch import as_rows, backward_programs, backward_stages, block_config  # noqa: E402
 
 OP = "layer_norm"
-
-
-def block_config(n_cols: int) -> tuple[int, int]:
-    """(BLOCK_SIZE, num_warps): the same heuristic as RMSNorm's."""
-    block = triton.next_power_of_2(n_cols)
-    if block > MAX_FUSED_SIZE:
-        raise ValueError(f"{OP}: rows of {n_cols} elements are too long (at most {MAX_FUSED_SIZE})")
-    return block, 16 if block >= 8192 else 8 if block >= 4096 else 4
+MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers, as in rmsnorm.py
 
 
 # --- kernels -----------------------------------------------------------------------------
@@ -138,14 +126,13 @@ def layernorm_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (M, N), weight and bias (N,) -> y (M, N) in x's dtype, mean (M,), rstd (M,) float32."""
-    _check(x, weight, bias)
     M, N = x.shape
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:  # rows of no elements: mean 0, rstd as for a variance of 0
         return y, mean.zero_(), rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
-    block, num_warps = block_config(N)
+    block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
     w = weight.contiguous()
     layernorm_fwd_kernel[(M,)](
         x, w, bias.contiguous() if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, 1.0 / N, eps,
@@ -171,7 +158,7 @@ def layernorm_backward(
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return dx, torch.zeros_like(weight), torch.zeros_like(bias) if has_bias else None
-    block, num_warps = block_config(N)
+    block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
     programs = backward_programs(M, num_warps, x.device)
     rows_per_program = triton.cdiv(M, programs)
     programs = triton.cdiv(M, rows_per_program)
@@ -192,7 +179,6 @@ def layernorm_backward(
 class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        _check(x, weight, bias)
         x2 = as_rows(x)  # (M, N)
         y, mean, rstd = layernorm_forward(x2, weight, bias, eps)
         ctx.save_for_backward(x2, weight, bias, mean, rstd)
@@ -208,4 +194,5 @@ class LayerNormFunction(torch.autograd.Function):
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm over the last dim with the Triton kernels; differentiable. x (..., N), weight, bias (N,) or None."""
+    _check(x, weight, bias)  # once, here: the launchers trust their inputs
     return LayerNormFunction.apply(x, weight, bias, eps)

@@ -26,7 +26,7 @@ registers); x of any leading shape is seen as (M, N) rows.
 
 from __future__ import annotations
 
-from llm_course.device import configure_triton, is_interpreter, is_gpu
+from llm_course.device import configure_triton
 
 configure_triton()
 
@@ -36,40 +36,10 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.launch import as_rows, backward_programs, backward_stages, block_config  # noqa: E402
 
 OP = "rms_norm"
 MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers
-
-
-def block_config(n_cols: int) -> tuple[int, int]:
-    """(BLOCK_SIZE, num_warps) for rows of ``n_cols``: a power of two >= n_cols; 8-16 values per thread."""
-    block = triton.next_power_of_2(n_cols)
-    if block > MAX_FUSED_SIZE:
-        raise ValueError(f"{OP}: rows of {n_cols} elements are too long (at most {MAX_FUSED_SIZE})")
-    num_warps = 16 if block >= 8192 else 8 if block >= 4096 else 4
-    return block, num_warps
-
-
-def backward_stages(block_size: int, element_size: int) -> int:
-    """How many rows the backward loop keeps in flight (``tl.range(..., num_stages=...)``).
-
-    With 3 stages the compiler loads the next two rows of x and dy into shared memory
-    while the current one is computed: more bytes in flight, so memory latency is
-    hidden even with few programs per SM. Only when two rows of x and dy fit in 64 KiB.
-    """
-    return 3 if 4 * block_size * element_size <= 64 * 1024 else 1
-
-
-def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
-    """How many programs the backward launches: enough to fill the GPU, each looping over rows.
-
-    About 16 warps per SM: 2 programs of 8 warps, 4 of 4, 1 of 16. Fewer in the
-    interpreter, where programs run one after another anyway.
-    """
-    if is_interpreter() or not is_gpu(device):
-        return max(1, min(n_rows, 4))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_rows, sms * max(1, 16 // num_warps)))
 
 
 # --- kernels -----------------------------------------------------------------------------
@@ -128,21 +98,14 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
                          f"{x.shape[-1] if x.dim() else 'missing'} (shape {tuple(x.shape)}); they must match")  # fmt: skip
 
 
-def as_rows(t: torch.Tensor) -> torch.Tensor:
-    """(..., N) -> (M, N) with a last-dim stride of 1, without a copy when the layout allows."""
-    rows = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
-
-
 def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, N), weight (N,) -> y (M, N) in x's dtype, rstd (M,) float32."""
-    _check(x, weight)
+    """x (M, N), weight (N,) -> y (M, N) in x's dtype, rstd (M,) float32. Inputs checked by :func:`rms_norm`."""
     M, N = x.shape
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
         return y, rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
-    block, num_warps = block_config(N)
+    block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
     rmsnorm_fwd_kernel[(M,)](
         x, weight.contiguous(), y, rstd, x.stride(0), y.stride(0), N, eps,
         BLOCK_SIZE=block, num_warps=num_warps,
@@ -161,7 +124,7 @@ def rmsnorm_backward(
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return dx, torch.zeros_like(weight)
-    block, num_warps = block_config(N)
+    block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
     programs = backward_programs(M, num_warps, x.device)
     rows_per_program = triton.cdiv(M, programs)
     programs = triton.cdiv(M, rows_per_program)  # no program left without rows
@@ -178,7 +141,6 @@ def rmsnorm_backward(
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
-        _check(x, weight)
         x2 = as_rows(x)  # (M, N)
         y, rstd = rmsnorm_forward(x2, weight, eps)
         ctx.save_for_backward(x2, weight, rstd)
@@ -194,4 +156,5 @@ class RMSNormFunction(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dim with the Triton kernels; differentiable. x (..., N), weight (N,)."""
+    _check(x, weight)  # once, here: the launchers trust their inputs
     return RMSNormFunction.apply(x, weight, eps)

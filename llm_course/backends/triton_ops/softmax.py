@@ -37,19 +37,11 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.launch import as_rows, num_warps_for  # noqa: E402
 
 OP = "softmax"
 MAX_FUSED_SIZE = 16384  # longest row kept whole in registers (elements)
 LOOP_BLOCK_SIZE = 4096  # block size of the looped kernels
-
-
-def num_warps_for(block_size: int) -> int:
-    """More threads for longer rows, so that each thread holds 8-16 values of the row."""
-    if block_size >= 8192:
-        return 16
-    if block_size >= 4096:
-        return 8
-    return 4
 
 
 # --- kernels -----------------------------------------------------------------------------
@@ -130,12 +122,6 @@ def softmax_bwd_looped_kernel(
 
 
 # --- launchers ---------------------------------------------------------------------------
-
-
-def as_rows(t: torch.Tensor) -> torch.Tensor:
-    """(..., N) -> (M, N) with a last-dim stride of 1, without a copy when the layout allows."""
-    rows = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
 def _launch(fused_kernel, looped_kernel, n_rows: int, n_cols: int, max_fused_size: int, *args) -> None:

@@ -1,0 +1,84 @@
+"""Launch settings that several kernels choose the same way: public, for the course's kernels and the exercises.
+
+Row-wise kernels (softmax, RMSNorm, LayerNorm) give one program a whole row of
+an (M, N) view of their input, held in registers as one block:
+
+    rows = as_rows(x)                                   # (..., N) -> (M, N), last stride 1, no copy if possible
+    block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)   # a power of two >= N; 4, 8 or 16 warps
+    kernel[(M,)](rows, ..., BLOCK_SIZE=block, num_warps=num_warps)
+
+Kernels whose backward reduces over rows (a norm's dweight) launch about as many
+programs as the GPU runs at once, each looping over a block of rows:
+
+    programs = backward_programs(M, num_warps, x.device)
+    stages = backward_stages(block, x.element_size())
+
+Settings that ask the device (its number of SMs) are cached: they cost nothing
+after the first call.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from llm_course.device import configure_triton, is_gpu, is_interpreter
+
+configure_triton()
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+
+def num_warps_for(block_size: int) -> int:
+    """More threads for longer rows, so that each thread holds 8-16 values of the row."""
+    if block_size >= 8192:
+        return 16
+    if block_size >= 4096:
+        return 8
+    return 4
+
+
+def block_config(op: str, n_cols: int, max_size: int) -> tuple[int, int]:
+    """(BLOCK_SIZE, num_warps) for rows of ``n_cols`` kept whole in registers.
+
+    BLOCK_SIZE is the smallest power of two >= n_cols (``tl.arange`` needs a power of
+    two; a mask switches off the extra lanes). Rows longer than ``max_size`` do not
+    fit in registers: a clear error naming ``op``.
+    """
+    block = triton.next_power_of_2(n_cols)
+    if block > max_size:
+        raise ValueError(f"{op}: rows of {n_cols} elements are too long (at most {max_size})")
+    return block, num_warps_for(block)
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., N) -> (M, N) with a last-dim stride of 1, without a copy when the layout allows."""
+    rows = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
+    """How many programs a row-reducing backward launches: enough to fill the GPU, each looping over rows.
+
+    About 16 warps per SM: 2 programs of 8 warps, 4 of 4, 1 of 16. Fewer in the
+    interpreter, where programs run one after another anyway.
+    """
+    if is_interpreter() or not is_gpu(device):
+        return max(1, min(n_rows, 4))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(n_rows, _sm_count(index) * max(1, 16 // num_warps)))
+
+
+def backward_stages(block_size: int, element_size: int) -> int:
+    """How many rows a row-reducing backward loop keeps in flight (``tl.range(..., num_stages=...)``).
+
+    With 3 stages the compiler loads the next two rows of x and dy into shared memory
+    while the current one is computed: more bytes in flight, so memory latency is
+    hidden even with few programs per SM. Only when two rows of x and dy fit in 64 KiB.
+    """
+    return 3 if 4 * block_size * element_size <= 64 * 1024 else 1
