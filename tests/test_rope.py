@@ -18,7 +18,14 @@ from llm_course.backends import use_backend
 from llm_course.backends.torch_ops.rope import apply_rope, rotate_half
 from llm_course.device import get_device, is_interpreter
 from llm_course.grading.checks import assert_close
-from llm_course.models.components.embeddings.rotary import RotaryEmbedding, rope_frequencies
+from llm_course.models.components import GroupedQueryAttention
+from llm_course.models.components.embeddings.rotary import (
+    RotaryEmbedding,
+    apply_rope_interleaved,
+    deinterleave,
+    interleave,
+    rope_frequencies,
+)
 
 # --- the tables -----------------------------------------------------------------------------
 
@@ -220,6 +227,83 @@ def test_reference_errors():
         apply_rope(x, cos[:2], sin[:2])
     with pytest.raises(ValueError, match=r"\(B, H, T, D\)"):
         apply_rope(x[0], cos, sin)
+
+
+# --- adjacent pairs (2i, 2i+1): GPT-J and Meta's Llama code --------------------------------------
+
+
+def rope_pairs_loop64(x, positions, inv_freq):
+    """Rotate each adjacent pair (2i, 2i+1) by position * inv_freq[i], one pair at a time, in float64."""
+    x = x.double()
+    out = torch.empty_like(x)
+    for t, p in enumerate(positions):
+        for i, f in enumerate(inv_freq):
+            c, s_ = math.cos(p * f), math.sin(p * f)
+            a, b = x[..., t, 2 * i], x[..., t, 2 * i + 1]
+            out[..., t, 2 * i] = a * c - b * s_
+            out[..., t, 2 * i + 1] = b * c + a * s_
+    return out
+
+
+def test_deinterleave_is_a_permutation_and_interleave_its_inverse():
+    x = torch.arange(8.0)
+    assert deinterleave(x).tolist() == [0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]  # pair (2i, 2i+1) -> (i, i + 4)
+    assert interleave(deinterleave(x)).tolist() == x.tolist()
+    y = torch.randn(2, 3, 10)
+    assert torch.equal(deinterleave(interleave(y)), y)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_interleaved_matches_the_adjacent_pair_loop(backend):
+    D, pos = 12, [0, 3, 7, 30, 61]
+    rope = RotaryEmbedding(D, 64, rope_theta=100.0)
+    cos, sin = rope(torch.tensor(pos))
+    x = torch.randn(2, 3, len(pos), D, dtype=torch.float64)
+    if backend == "triton":  # the kernel takes float32
+        dev = get_device()
+        x, cos, sin = x.to(dev, torch.float32), cos.to(dev), sin.to(dev)
+    else:
+        cos, sin = cos.double(), sin.double()
+    with use_backend(backend):
+        out = apply_rope_interleaved(x, cos, sin)
+    ref = rope_pairs_loop64(x.cpu(), pos, inv_freq64(D, 100.0))
+    # float32 tolerance either way: the tables hold float32 angles (as in HF)
+    assert_close(out, ref, hint=f"RoPE on adjacent pairs is off ({backend})", atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out.double().cpu(), apply_rope(x, cos, sin).double().cpu())  # not the rotate-half pairing
+
+
+def test_interleaved_and_rotate_half_are_one_rotation_up_to_a_permutation():
+    """Scores q . k are the same whichever pairing, once q and k are permuted alike: the permutation is the only difference."""
+    D, T = 16, 6
+    rope = RotaryEmbedding(D, 64)
+    pos = torch.tensor([0, 1, 4, 9, 20, 50])
+    cos, sin = (t.double() for t in rope(pos))
+    q, k = torch.randn(1, 2, T, D, dtype=torch.float64), torch.randn(1, 2, T, D, dtype=torch.float64)
+    scores_pairs = apply_rope_interleaved(q, cos, sin) @ apply_rope_interleaved(k, cos, sin).transpose(-1, -2)
+    scores_halves = apply_rope(deinterleave(q), cos, sin) @ apply_rope(deinterleave(k), cos, sin).transpose(-1, -2)
+    assert_close(scores_pairs, scores_halves, hint="the two pairings give different attention scores")
+    # and each output is the other's, with its features permuted
+    assert_close(deinterleave(apply_rope_interleaved(q, cos, sin)), apply_rope(deinterleave(q), cos, sin), hint="not a permutation")
+
+
+def test_interleaved_layer_equals_rotate_half_layer_with_permuted_weights():
+    """Meta's checkpoint layout (adjacent pairs) equals HF's (rotate-half) once each head's q/k rows are permuted."""
+    C, Hq, Hkv, D = 48, 6, 2, 8
+    torch.manual_seed(0)
+    meta = GroupedQueryAttention(C, Hq, Hkv, max_position_embeddings=64, rope_interleaved=True).eval()
+    hf = GroupedQueryAttention(C, Hq, Hkv, max_position_embeddings=64).eval()
+    perm = deinterleave(torch.arange(D))  # row order of one head in HF's layout
+    with torch.no_grad():
+        hf.load_state_dict(meta.state_dict())
+        for name, H in (("q_proj", Hq), ("k_proj", Hkv)):
+            proj = getattr(hf, name)
+            proj.weight.copy_(proj.weight.view(H, D, C)[:, perm].reshape(H * D, C))
+            proj.bias.copy_(proj.bias.view(H, D)[:, perm].reshape(H * D))
+    x = torch.randn(2, 7, C)
+    assert_close(meta(x), hf(x), hint="rope_interleaved differs from rotate-half with permuted q/k weights", atol=1e-5, rtol=1e-5)
+    same_weights = GroupedQueryAttention(C, Hq, Hkv, max_position_embeddings=64).eval()
+    same_weights.load_state_dict(meta.state_dict())
+    assert not torch.allclose(meta(x), same_weights(x), atol=1e-3), "rope_interleaved=True changed nothing"
 
 
 # --- the Triton kernel -------------------------------------------------------------------------
