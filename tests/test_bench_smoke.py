@@ -9,7 +9,7 @@ import math
 import torch
 
 from llm_course.bench import kernels
-from llm_course.bench.common import FIELDS, BenchRow, fill_vs_baseline, measure, read_csv
+from llm_course.bench.common import FIELDS, BenchRow, fill_vs_baseline, format_table, measure, read_csv
 
 
 def test_quick_run_writes_csv_meta_and_charts(tmp_path, capsys):
@@ -63,3 +63,13 @@ def test_a_failing_measurement_is_recorded_not_raised():
 def test_unknown_op_is_refused(capsys):
     assert kernels.main(["--ops", "nope"]) == 2
     assert "unknown ops: nope" in capsys.readouterr().out
+
+
+def test_table_prints_interpreter_speeds_with_units_that_fit():
+    slow = BenchRow("softmax", "triton", "fp32", "16x128", 16.0, "GB/s", flops=80, bytes=128, ms=74.0)
+    slow.gbs, slow.frac_bandwidth = 0.000219, 0.0
+    mm = BenchRow("matmul", "triton", "fp32", "16^3", 16.0, "TFLOP/s", flops=80, bytes=128, ms=28.0)
+    mm.tflops, mm.frac_compute = 2.93e-07, 0.0
+    table = format_table([slow, mm])
+    assert "219 kB/s" in table and "293 kFLOP/s" in table
+    assert "0.0 GB/s" not in table and "e-0" not in table

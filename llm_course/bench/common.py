@@ -33,6 +33,7 @@ from llm_course import paths
 from llm_course.device import is_gpu
 from llm_course.measure.roofline import Ceilings, RooflinePoint, plot_roofline
 from llm_course.measure.timer import Timing, benchmark
+from llm_course.measure.units import format_bandwidth, format_flops
 
 
 @dataclass
@@ -220,7 +221,8 @@ def format_table(rows: Sequence[BenchRow]) -> str:
         frac = r.frac_bandwidth if r.metric == "GB/s" else r.frac_compute
         frac_s = f"{100 * frac:.0f}%" if math.isfinite(frac) else "-"
         vs = f"{r.vs_torch:.2f}x" if math.isfinite(r.vs_torch) else "-"
-        lines.append(f"{r.op:<20} {r.size:<12} {r.impl:<14} {r.ms:>9.4g} {r.value:>9.3g} {r.metric:<7} {frac_s:>10} {vs:>8}")
+        speed = format_bandwidth(r.gbs) if r.metric == "GB/s" else format_flops(r.tflops)  # 3 digits, never 0.0
+        lines.append(f"{r.op:<20} {r.size:<12} {r.impl:<14} {r.ms:>9.4g} {speed:>17} {frac_s:>10} {vs:>8}")
     return "\n".join(lines)
 
 
