@@ -22,7 +22,9 @@ from llm_course.models.components import (
     GroupedQueryAttention,
     LearnedPositionalEmbedding,
     MultiHeadAttention,
+    RMSNorm,
     RotaryEmbedding,
+    TokenEmbedding,
 )
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -162,12 +164,62 @@ def test_learned_positions():
         wpe(torch.tensor([10]))
 
 
+def test_token_embedding():
+    wte = TokenEmbedding(11, 6)
+    ids = torch.tensor([[3, 0, 3], [10, 5, 3]])
+    out = wte(ids)
+    assert out.shape == (2, 3, 6) and set(dict(wte.named_parameters())) == {"weight"}
+    assert torch.equal(out, wte.weight[ids])
+    out.sum().backward()
+    assert wte.weight.grad[3].tolist() == [3.0] * 6 and wte.weight.grad[1].abs().sum() == 0  # row 3 used 3 times, row 1 never
+    with pytest.raises(IndexError, match="id 11"):
+        wte(torch.tensor([11]))
+
+
+def test_a_config_passes_straight_through():
+    """The keys of a Hugging Face config.json (here Qwen2's) are the components' argument names."""
+    config = {"hidden_size": 64, "intermediate_size": 112, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 128, "rope_theta": 1e6, "rope_scaling": None, "rms_norm_eps": 1e-6,
+              "attention_dropout": 0.0, "sliding_window": None, "vocab_size": 50}  # fmt: skip
+    keys = ("hidden_size", "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "rope_theta",
+            "rope_scaling", "attention_dropout", "sliding_window")  # fmt: skip
+    attn = GroupedQueryAttention(**{k: config[k] for k in keys}).eval()
+    mlp = GatedMLP(config["hidden_size"], config["intermediate_size"])
+    norm = RMSNorm(config["hidden_size"], eps=config["rms_norm_eps"])
+    wte = TokenEmbedding(config["vocab_size"], config["hidden_size"])
+    h = wte(torch.randint(0, 50, (2, 5)))
+    h = h + attn(norm(h))
+    assert (h + mlp(norm(h))).shape == (2, 5, 64)
+    assert attn.head_dim == 16 and attn.rotary_emb.rope_theta == 1e6
+    gpt2 = {"hidden_size": 48, "num_attention_heads": 4, "attention_dropout": 0.1}  # GPT2Config answers to these names
+    assert MultiHeadAttention(**gpt2).attention_dropout == 0.1
+
+
+@pytest.mark.parametrize("make", [lambda: MLP(40), lambda: GatedMLP(40, 72), lambda: TokenEmbedding(30, 40)])
+def test_mlps_and_embeddings_agree_between_backends(make):
+    """The activations and the lookup go through the backend switch: forward and every gradient agree."""
+    dev = get_device()
+    torch.manual_seed(0)
+    layer = make().to(dev)
+    x = torch.randint(0, 30, (2, 5), device=dev) if isinstance(layer, TokenEmbedding) else torch.randn(2, 5, 40, device=dev)
+    params = list(layer.parameters())
+    grads = {}
+    for backend in ("torch", "triton"):
+        with use_backend(backend):
+            y = layer(x)
+            grads[backend] = (y, *torch.autograd.grad(y, params, torch.ones_like(y)))
+    tol = "tf32" if dev.type != "cpu" else None
+    for got, want in zip(grads["triton"], grads["torch"]):
+        assert_close(got, want, hint=f"{type(layer).__name__} differs between torch and triton", dtype=tol)
+
+
 def test_torch_and_triton_backends_agree():
     """The layers under the Triton kernels (interpreter on the CPU): linear, RoPE and FlashAttention."""
     dev = get_device()
     torch.manual_seed(0)
     x = torch.randn(2, 5, 64, device=dev)  # head size 16 (FlashAttention takes 16, 32, 64, 128)
-    for layer in (gqa(64, 4, 2).to(dev), MultiHeadAttention(64, 4).to(dev).eval(), gqa(64, 4, 1, sliding_window=2).to(dev)):
+    layers = (gqa(64, 4, 2), MultiHeadAttention(64, 4).eval(), gqa(64, 4, 1, sliding_window=2), gqa(64, 4, 2, rope_interleaved=True))
+    for layer in (layer.to(dev) for layer in layers):
         ref = layer(x)
         with use_backend("triton"):
             out = layer(x)
