@@ -291,7 +291,7 @@ def plot_roofline(
         ax.annotate(p.name, (p.intensity, p.tflops), xytext=(6, 4 - shift), textcoords="offset points", fontsize=8)
     above = [p.name for p in points if p.fraction_of_roof(ceilings) > 1.05]
     if above and ceilings.measured:
-        ax.text(0.01, 0.99, ABOVE_ROOF_NOTE.format(names=", ".join(above)), transform=ax.transAxes, fontsize=8,
+        ax.text(0.01, 0.99, ABOVE_ROOF_NOTE.format(names="; ".join(above)), transform=ax.transAxes, fontsize=8,
                 va="top", ha="left", wrap=True, bbox=dict(boxstyle="round", fc="lightyellow", alpha=0.9))  # fmt: skip
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
