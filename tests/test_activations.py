@@ -110,6 +110,20 @@ def test_silu_mul_written_out_backward(rng):
     assert_close(du2, du, hint="the written-out dup is off", what="dup")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_inputs_stay_finite(backend):
+    """Far in the tails the sigmoid is 0 or 1: no overflow, no NaN, forward or backward."""
+    x = torch.tensor([-1e4, -100.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 100.0, 1e4], device=get_device()).requires_grad_()
+    ones = torch.ones_like(x)
+    y, z = _impl(backend, "gelu_tanh")(x), _impl(backend, "silu_mul")(x, ones)
+    assert_close(y, gelu64(x), hint=f"{backend} gelu_tanh in the tails")
+    assert_close(z, silu_mul64(x, ones), hint=f"{backend} silu_mul in the tails")
+    (dx,) = torch.autograd.grad(y.sum() + z.sum(), x)
+    x64 = x.detach().double().requires_grad_()
+    (dx64,) = torch.autograd.grad(F.gelu(x64, approximate="tanh").sum() + F.silu(x64).sum(), x64)
+    assert_close(dx, dx64, hint=f"{backend} gradients in the tails", what="dx")
+
+
 # --- both ops: layouts, the backend switch, errors ---------------------------------------------------
 
 

@@ -4,8 +4,8 @@ Both are elementwise, laid out like the vector add: the tensors are seen as flat
 vectors of ``n`` elements, one program per block of ``BLOCK_SIZE``, the tail masked.
 Each element is computed in float32 and stored in the input's dtype.
 
-GELU, tanh approximation (GPT-2's ``"gelu_new"``), written with a sigmoid, which
-Triton has on every backend (``0.5 * (1 + tanh(z)) = sigmoid(2 z)``)::
+GELU, tanh approximation (GPT-2's ``"gelu_new"``), written with a sigmoid, since
+``0.5 * (1 + tanh(z)) = sigmoid(2 z)`` (the ``sigmoid`` below never overflows)::
 
     z = sqrt(2/pi) * (x + 0.044715 * x**3),   s = sigmoid(2 z)
     y  = x * s
@@ -53,12 +53,19 @@ GELU_A = 0.044715
 
 
 @triton.jit
+def sigmoid(z):
+    """``1 / (1 + exp(-z))`` computed with ``exp(-|z|) <= 1``, so that it never overflows for very negative z."""
+    e = tl.exp(-tl.abs(z))
+    return tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
 def gelu_tanh_fwd_kernel(x_ptr, y_ptr, n, C: tl.constexpr, A: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     """y = x * sigmoid(2 z), z = C * (x + A * x**3), for this program's block. x, y (n,) contiguous."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offsets < n
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    s = tl.sigmoid(2.0 * C * (x + A * x * x * x))
+    s = sigmoid(2.0 * C * (x + A * x * x * x))
     tl.store(y_ptr + offsets, (x * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -69,7 +76,7 @@ def gelu_tanh_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n, C: tl.constexpr, A: tl.conste
     mask = offsets < n
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    s = tl.sigmoid(2.0 * C * (x + A * x * x * x))
+    s = sigmoid(2.0 * C * (x + A * x * x * x))
     dz = C * (1.0 + 3.0 * A * x * x)
     dx = dy * (s + 2.0 * x * s * (1.0 - s) * dz)
     tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
@@ -82,7 +89,7 @@ def silu_mul_fwd_kernel(gate_ptr, up_ptr, y_ptr, n, BLOCK_SIZE: tl.constexpr):
     mask = offsets < n
     g = tl.load(gate_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(up_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offsets, (g * tl.sigmoid(g) * u).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offsets, (g * sigmoid(g) * u).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -93,7 +100,7 @@ def silu_mul_bwd_kernel(dy_ptr, gate_ptr, up_ptr, dgate_ptr, dup_ptr, n, BLOCK_S
     dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(gate_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(up_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    s = tl.sigmoid(g)
+    s = sigmoid(g)
     tl.store(dgate_ptr + offsets, (dy * u * s * (1.0 + g * (1.0 - s))).to(dgate_ptr.dtype.element_ty), mask=mask)
     tl.store(dup_ptr + offsets, (dy * g * s).to(dup_ptr.dtype.element_ty), mask=mask)
 
