@@ -83,15 +83,19 @@ def test_the_users_of_paths_agree():
 
 
 def test_no_module_finds_the_repository_by_itself():
-    """``Path(__file__).parents[...]`` and similar belong in paths.py alone."""
+    """Climbing from a file up to the repository (``Path(__file__).parents[2]``) belongs in paths.py alone."""
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "paths.py" and path.parent == PACKAGE:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id == "__file__":
-                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} uses __file__")
+            climbs = isinstance(node, ast.Attribute) and (
+                node.attr == "parents"
+                or (node.attr == "parent" and isinstance(node.value, ast.Attribute) and node.value.attr == "parent")
+            )
+            if climbs:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} climbs folders (.parents, .parent.parent)")
             if isinstance(node, ast.Constant) and node.value in ("bench_out", "runs", "checkpoints"):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} names the folder {node.value!r}")
     assert not offenders, "ask llm_course.paths instead:\n" + "\n".join(offenders)
