@@ -1,8 +1,10 @@
 """Graded tests of stage 1: the vector-add kernel (exercises/stage1_kernels/add.py).
 
-Every input and output lives inside a larger buffer filled with a sentinel, so a
-load or store past the end stays in memory the test owns: a missing store mask
-shows up as a changed sentinel, never as a crash. Sums are compared with float64.
+Every input and output lives inside a larger buffer filled with a sentinel (a
+guard region), so a load or store past the end stays in memory the test owns: a
+missing store mask shows up as a changed guard, never as a crash. In the
+interpreter, ``memcheck`` goes further and names any load or store outside x, y
+or out before it happens. Sums are compared with float64.
 """
 
 from __future__ import annotations
@@ -11,23 +13,20 @@ import pytest
 import torch
 
 from llm_course.device import get_device
-from llm_course.grading.checks import assert_close
+from llm_course.grading.checks import assert_close, assert_guards_intact, guarded, guarded_empty
+from llm_course.grading.memcheck import memcheck
 
 TOPIC = "stage1_kernels/add"
 BLOCK = 1024  # the launcher's BLOCK_SIZE
-PAD = 2 * BLOCK  # padding after each tensor: more than one block
-SENTINEL = 999.0  # exact in float16 and float32
 
 add_exercise = pytest.mark.exercise("add_kernel", stage=1, points=2, title="Triton: vector add")
 
 
-def _padded(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A view with ``values`` at the start of a larger flat buffer of SENTINEL: (view, buffer)."""
-    n = values.numel()
-    buf = torch.full((n + PAD,), SENTINEL, dtype=values.dtype, device=values.device)
-    view = buf[:n].view(values.shape)
-    view.copy_(values)
-    return view, buf
+@pytest.fixture(autouse=True)
+def _memcheck():
+    """In the interpreter: a load or store outside the kernel's tensors fails, named, before it happens."""
+    with memcheck(hint="mask the loads and the store with offsets < n."):
+        yield
 
 
 def _rand(rng, *shape, dtype=torch.float32) -> torch.Tensor:
@@ -35,15 +34,11 @@ def _rand(rng, *shape, dtype=torch.float32) -> torch.Tensor:
 
 
 def _run(mod, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """add_forward on padded inputs into a padded output; fail if anything past the output was written."""
-    xv, _ = _padded(x)
-    yv, _ = _padded(y)
-    out, buf = _padded(torch.full_like(x, SENTINEL))
-    result = mod.add_forward(xv, yv, out=out)
-    n = x.numel()
-    assert (buf[n:] == SENTINEL).all(), (
-        f"The kernel wrote past the end of the output (n = {n}): mask the store with offsets < n."
-    )
+    """add_forward on guarded inputs into a guarded output; fail if anything around them was written."""
+    xg, yg = guarded(x, "x"), guarded(y, "y")
+    out = guarded_empty(x.shape, x.dtype, x.device, name="out")
+    result = mod.add_forward(xg, yg, out=out)
+    assert_guards_intact(out, xg, yg, hint="is the store masked with offsets < n?")
     return result
 
 

@@ -1,9 +1,11 @@
 """Graded tests of stage 1: the fused softmax kernel (exercises/stage1_kernels/softmax.py).
 
-Inputs and outputs sit inside larger buffers filled with a sentinel, so a read
-or write past a row's end stays in memory the test owns: a missing mask gives a
-wrong answer or a changed sentinel, never a crash. Results are compared with a
-float64 softmax of the same inputs. Each test aims at one usual mistake.
+Inputs and outputs sit inside guard regions (larger buffers filled with a
+sentinel), so a read or write past a row's end stays in memory the test owns: a
+missing mask gives a wrong answer or a changed guard, never a crash. In the
+interpreter, ``memcheck`` names any load or store outside x or y before it
+happens. Results are compared with a float64 softmax of the same inputs. Each
+test aims at one usual mistake.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import pytest
 import torch
 
 from llm_course.device import get_device
-from llm_course.grading.checks import assert_close
+from llm_course.grading.checks import SENTINEL, assert_close, assert_guards_intact, guarded, guarded_empty
+from llm_course.grading.memcheck import memcheck
 
 TOPIC = "stage1_kernels/softmax"
-PAD = 4096  # padding after each tensor: more than the padding of the longest row tested
-SENTINEL = 999.0  # exact in float16 and float32; a large logit, so reading it changes a softmax a lot
 
 softmax_exercise = pytest.mark.exercise("softmax_kernel", stage=1, points=3, title="Triton: fused softmax")
+
+
+@pytest.fixture(autouse=True)
+def _memcheck():
+    """In the interpreter: a load or store outside the kernel's tensors fails, named, before it happens."""
+    with memcheck(hint="mask the load and the store with cols < n_cols, and address each row with its row stride."):
+        yield
 
 
 def _rand(rng, *shape, dtype=torch.float32, scale=1.0) -> torch.Tensor:
@@ -29,25 +37,15 @@ def _reference(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x.double().cpu(), dim=-1)
 
 
-def _padded(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A contiguous view with ``values`` at the start of a larger flat buffer of SENTINEL: (view, buffer)."""
-    n = values.numel()
-    buf = torch.full((n + PAD,), SENTINEL, dtype=values.dtype, device=values.device)
-    view = buf[:n].view(values.shape)
-    view.copy_(values)
-    return view, buf
-
-
 def _run(mod, x: torch.Tensor) -> torch.Tensor:
-    """softmax_forward into a padded output; fail if anything past the output was written."""
+    """softmax_forward into a guarded output (x guarded too when contiguous); fail if a guard changed."""
+    inputs = []
     if x.is_contiguous():
-        x, _ = _padded(x)
-    out, buf = _padded(torch.zeros_like(x, memory_format=torch.contiguous_format))
+        x = guarded(x, "x")  # the guard is SENTINEL, a large logit: reading it changes a softmax a lot
+        inputs.append(x)
+    out = guarded_empty(x.shape, x.dtype, x.device, name="y")
     result = mod.softmax_forward(x, out=out)
-    assert (buf[x.numel():] == SENTINEL).all(), (
-        f"The kernel wrote past the end of the output (shape {tuple(x.shape)}): mask the store with cols < n_cols, "
-        "and address y's rows with y_row_stride."
-    )
+    assert_guards_intact(out, *inputs, hint="mask the store with cols < n_cols, and address y's rows with y_row_stride.")
     return result
 
 

@@ -6,35 +6,42 @@ root, weight not applied, row strides, rows not a power of two). Backward: dx
 and dweight against float64 autograd, given the exact rstd, with several rows
 per program so that the reduction over rows is really tested.
 
-Inputs sit at the start of larger buffers (a stray read stays in memory the test owns).
+The kernels are launched here as their docstrings say the launchers do (one
+program per row; several rows per program for the backward), with every
+tensor inside a guard region: a store past the end of y, rstd, dx or the
+dweight partial sums fails with a sentence instead of corrupting memory. In
+the interpreter, ``memcheck`` names any load or store outside the kernel's
+tensors before it happens.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
-from llm_course.device import get_device, has_gpu
-from llm_course.grading.checks import assert_close
+from llm_course.device import get_device
+from llm_course.grading import require_written
+from llm_course.grading.checks import assert_close, assert_guards_intact, guarded, guarded_empty
+from llm_course.grading.memcheck import memcheck
 
 TOPIC = "stage1_kernels/rmsnorm"
-PAD = 4096
 EPS = 1e-5
+PROGRAMS = 8  # backward: at most this many programs, so that most hold several rows
 
 forward_exercise = pytest.mark.exercise("rmsnorm_forward", stage=1, points=3, title="Triton: RMSNorm forward")
 backward_exercise = pytest.mark.exercise("rmsnorm_backward", stage=1, points=4, title="Triton: RMSNorm backward")
 
 
+@pytest.fixture(autouse=True)
+def _memcheck():
+    """In the interpreter: a load or store outside the kernel's tensors fails, named, before it happens."""
+    with memcheck(hint="mask the loads and stores with cols < n_cols, and address each row with its row stride."):
+        yield
+
+
 def _rand(rng, *shape, dtype=torch.float32, scale=1.0, shift=0.0) -> torch.Tensor:
     return (torch.randn(*shape, generator=rng) * scale + shift).to(dtype).to(get_device())
-
-
-def _padded(values: torch.Tensor) -> torch.Tensor:
-    """A contiguous view with ``values`` at the start of a larger buffer (stray reads stay inside)."""
-    buf = torch.zeros(values.numel() + PAD, dtype=values.dtype, device=values.device)
-    view = buf[: values.numel()].view(values.shape)
-    view.copy_(values)
-    return view
 
 
 def _reference(x: torch.Tensor, w: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,8 +52,20 @@ def _reference(x: torch.Tensor, w: torch.Tensor, eps: float = EPS) -> tuple[torc
 
 
 def _forward(mod, x, w, eps=EPS):
-    y, rstd = mod.rmsnorm_forward(_padded(x) if x.is_contiguous() else x, w, eps)
-    assert y.shape == x.shape and rstd.shape == x.shape[:1], "rmsnorm_forward must return y (M, N) and rstd (M,)."
+    """rmsnorm_fwd_kernel, one program per row, into guarded y (M, N) and rstd (M,) float32."""
+    require_written(mod.rmsnorm_fwd_kernel)
+    M, N = x.shape
+    w = guarded(w, "weight")
+    inputs = [w]
+    if x.is_contiguous():  # a view of a wider tensor stays as it is
+        x = guarded(x, "x")
+        inputs.append(x)
+    y = guarded_empty((M, N), x.dtype, x.device, name="y")
+    rstd = guarded_empty((M,), torch.float32, x.device, name="rstd")
+    mod.rmsnorm_fwd_kernel[(M,)](x, w, y, rstd, x.stride(0), y.stride(0), N, eps, BLOCK_SIZE=triton.next_power_of_2(N))
+    assert_guards_intact(y, hint="mask the store of y with cols < n_cols, and address y's rows with y_row_stride.")
+    assert_guards_intact(rstd, hint="store one rstd per program, at rstd_ptr + row.")
+    assert_guards_intact(*inputs, hint="the kernel must not write into x or the weight.")
     return y, rstd
 
 
@@ -105,9 +124,6 @@ def test_forward_float16(impl, rng):
     mod = impl.load(TOPIC)
     x, w = _rand(rng, 9, 96, dtype=torch.float16, scale=4.0), _rand(rng, 96, dtype=torch.float16)
     y, rstd = _forward(mod, x, w)
-    assert y.dtype == torch.float16 and rstd.dtype == torch.float32, (
-        f"For float16 x, y must be float16 and rstd float32; got {y.dtype} and {rstd.dtype}."
-    )
     y_ref, rstd_ref = _reference(x, w)
     hint = "float16 rows are wrong: load with .to(tl.float32), compute in float32, and store y with .to(y_ptr.dtype.element_ty)."
     assert_close(rstd, rstd_ref, hint=hint, what="rstd", dtype=torch.float32, rtol=1e-4)
@@ -127,9 +143,24 @@ def _backward_reference(dy, x, w, eps=EPS):
 
 
 def _backward(mod, dy, x, w, rstd):
-    dx, dw = mod.rmsnorm_backward(_padded(dy), _padded(x), w, rstd.float().to(x.device))
-    assert dx.shape == x.shape and dw.shape == w.shape, "rmsnorm_backward must return dx (M, N) and dweight (N,)."
-    return dx, dw
+    """rmsnorm_bwd_kernel on guarded tensors: PROGRAMS programs at most, each over a block of rows.
+
+    Returns dx (M, N) and dweight (N,), the sum of the programs' partial rows.
+    """
+    require_written(mod.rmsnorm_bwd_kernel)
+    M, N = x.shape
+    rows_per_program = triton.cdiv(M, min(M, PROGRAMS))
+    programs = triton.cdiv(M, rows_per_program)  # the last program may have fewer rows
+    dy, x, w, rstd = guarded(dy, "dy"), guarded(x, "x"), guarded(w, "weight"), guarded(rstd.float().to(x.device), "rstd")
+    dx = guarded_empty((M, N), x.dtype, x.device, name="dx")
+    dw_partial = guarded_empty((programs, N), torch.float32, x.device, name="dw_partial")
+    mod.rmsnorm_bwd_kernel[(programs,)](
+        dy, x, w, rstd, dx, dw_partial, M, N, rows_per_program, BLOCK_SIZE=triton.next_power_of_2(N)
+    )
+    assert_guards_intact(dx, hint="mask the store of dx with cols < n_cols, and stop at row n_rows (tl.minimum).")
+    assert_guards_intact(dw_partial, hint="store each program's partial dweight once, at dw_partial_ptr + pid * n_cols + cols, masked with cols < n_cols.")
+    assert_guards_intact(dy, x, w, rstd, hint="the kernel must not write into its inputs.")
+    return dx, dw_partial.sum(dim=0).to(w.dtype)
 
 
 @backward_exercise
@@ -145,7 +176,7 @@ def test_backward_one_row_per_program(impl, rng):
 @backward_exercise
 def test_backward_many_rows_per_program(impl, rng):
     mod = impl.load(TOPIC)
-    M = 2000 if has_gpu() else 37  # several rows for each program, the last program with fewer
+    M = 37  # 8 programs of 5 rows, the last with 2
     x, w, dy = _rand(rng, M, 64), _rand(rng, 64), _rand(rng, M, 64)
     dx_ref, dw_ref, rstd = _backward_reference(dy, x, w)
     dx, dw = _backward(mod, dy, x, w, rstd)
@@ -160,7 +191,26 @@ def test_backward_rows_not_a_power_of_two(impl, rng, dtype):
     x, w, dy = _rand(rng, 11, 100, dtype=dtype), _rand(rng, 100, dtype=dtype), _rand(rng, 11, 100, dtype=dtype)
     dx_ref, dw_ref, rstd = _backward_reference(dy, x, w)
     dx, dw = _backward(mod, dy, x, w, rstd)
-    assert dx.dtype == dtype and dw.dtype == dtype, f"dx and dweight must be {dtype} for {dtype} inputs."
     hint = "With rows of 100 values the gradients are wrong: mask the loads (other=0.0) and stores with cols < n_cols, and divide by n_cols."
     assert_close(dx, dx_ref, hint=hint, what="dx")
     assert_close(dw, dw_ref, hint=hint, what="dweight")
+
+
+@backward_exercise
+def test_rms_norm_through_autograd(impl, rng):
+    """Both kernels through the given launchers and autograd wrapper, in float16."""
+    mod = impl.load(TOPIC)
+    x = _rand(rng, 2, 3, 48, dtype=torch.float16, shift=0.5).requires_grad_()
+    w = _rand(rng, 48, dtype=torch.float16).requires_grad_()
+    dy = _rand(rng, 2, 3, 48, dtype=torch.float16)
+    x2, w2, dy2 = x.detach().reshape(6, 48), w.detach(), dy.reshape(6, 48)
+    _forward(mod, x2, w2)  # first with guarded outputs: a stray store fails there, safely
+    _backward(mod, dy2, x2, w2, _reference(x2, w2)[1])
+    y = mod.rms_norm(x, w, EPS)
+    assert y.dtype == torch.float16 and y.shape == x.shape, f"rms_norm of float16 (2, 3, 48) must be float16 (2, 3, 48), got {y.dtype} {tuple(y.shape)}."
+    dx, dw = torch.autograd.grad(y, (x, w), dy)
+    dx_ref, dw_ref, _ = _backward_reference(dy2, x2, w2)
+    hint = "rms_norm through autograd is wrong although the kernels pass the tests above: the given launchers pass (M, N) views of x; check your kernels with other shapes."
+    assert_close(y, _reference(x2, w2)[0].view(2, 3, 48), hint=hint, what="y")
+    assert_close(dx, dx_ref.view(2, 3, 48), hint=hint, what="dx")
+    assert_close(dw, dw_ref, hint=hint, what="dweight", atol=1e-2, rtol=1e-2)

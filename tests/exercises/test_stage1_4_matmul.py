@@ -3,10 +3,14 @@
 Every result is compared, element by element, with a float64 product of the
 same inputs. Each test aims at one usual mistake, and says which in its message:
 too few K steps, no mask on the K tail, no mask on the store, ignoring the
-strides, summing in float16, not moving the pointers along K.
+strides (of a, b, and of c: one test writes into a transposed view), summing in
+float16, not moving the pointers along K.
 
-Block sizes are fixed (32) where a test depends on them, so that the shapes
-below are known to straddle tile edges.
+c is always a view in the middle of a larger tensor filled with a sentinel (a
+guard region), so a store outside c fails with a sentence instead of
+corrupting memory; in the interpreter, ``memcheck`` names any load or store
+outside a, b or c before it happens. Block sizes are fixed (32) where a test
+depends on them, so that the shapes below are known to straddle tile edges.
 """
 
 from __future__ import annotations
@@ -15,14 +19,21 @@ import pytest
 import torch
 
 from llm_course.device import get_device, has_gpu
-from llm_course.grading.checks import assert_close, tolerance
+from llm_course.grading.checks import assert_close, assert_guards_intact, guarded, guarded_empty, tolerance
+from llm_course.grading.memcheck import memcheck
 
 TOPIC = "stage1_kernels/matmul"
 BLOCKS = dict(block_m=32, block_n=32, block_k=32, group_size_m=4)
-PAD = 32  # rows and columns of padding around views: at least a block, so stray accesses stay inside
-SENTINEL = 999.0  # exact in float16 and float32
+MARGIN = 32  # rows and columns of guard around views: at least a block, so stray accesses stay inside
 
 matmul_exercise = pytest.mark.exercise("matmul_kernel", stage=1, points=5, title="Triton: tiled matmul kernel")
+
+
+@pytest.fixture(autouse=True)
+def _memcheck():
+    """In the interpreter: a load or store outside the kernel's tensors fails, named, before it happens."""
+    with memcheck(hint="mask rows with offs_m < M, columns with offs_n < N and the K tail with k < K, and build every address from the strides."):
+        yield
 
 
 def _tol(dtype: torch.dtype) -> dict:
@@ -38,28 +49,23 @@ def _reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.double().cpu() @ b.double().cpu()
 
 
-def _run(mod, a, b) -> torch.Tensor:
-    """Launch the kernel with 32x32x32 blocks into a view of c inside a larger tensor, and check
-    that nothing outside c was written (so that a missing store mask fails here, safely)."""
+def _run(mod, a, b, *, transposed_c=False, hint=None) -> torch.Tensor:
+    """Launch the kernel with 32x32x32 blocks into a guarded view c; fail if anything around c was written.
+
+    With ``transposed_c``, c is the transpose of a guarded (N, M) tensor: stride_cm = 1 and
+    stride_cn = M + 2 * MARGIN.
+    """
     M, N = a.shape[0], b.shape[1]
-    c, buf = _padded(torch.zeros(M, N, device=a.device, dtype=a.dtype), pad=PAD, fill=SENTINEL)
+    if transposed_c:
+        c_t = guarded_empty((N, M), a.dtype, a.device, name="c.T", margin=MARGIN)
+        c, guard = c_t.T, c_t
+    else:
+        c = guard = guarded_empty((M, N), a.dtype, a.device, name="c", margin=MARGIN)
     mod.launch_matmul(a, b, c, **BLOCKS)
-    outside = torch.ones_like(buf, dtype=torch.bool)
-    outside[PAD : PAD + M, PAD : PAD + N] = False
-    assert (buf[outside] == SENTINEL).all(), (
-        f"The kernel wrote outside c (for M = {M}, N = {N}): mask the store with offs_m < M and offs_n < N, "
-        "and address c with its strides stride_cm and stride_cn."
-    )
+    assert_guards_intact(guard, hint=hint or (
+        f"mask the store with offs_m < M and offs_n < N (M = {M}, N = {N}), and address c with its strides stride_cm and stride_cn."
+    ))  # fmt: skip
     return c
-
-
-def _padded(t: torch.Tensor, pad: int, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A view of ``t``'s values inside a larger buffer filled with ``fill``: (view, buffer)."""
-    rows, cols = t.shape
-    buf = torch.full((rows + 2 * pad, cols + 2 * pad), fill, dtype=t.dtype, device=t.device)
-    view = buf[pad : pad + rows, pad : pad + cols]
-    view.copy_(t)
-    return view, buf
 
 
 @matmul_exercise
@@ -109,11 +115,22 @@ def test_transposed_views(impl, rng, which):
 
 
 @matmul_exercise
+def test_output_is_a_transposed_view(impl, rng):
+    mod = impl.load(TOPIC)
+    M, N, K = 40, 36, 50
+    a, b = _rand(rng, M, K), _rand(rng, K, N)
+    hint = f"c is a transposed view here (stride_cm = 1, stride_cn = {M + 2 * MARGIN}): store at c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, never assuming stride_cn = 1."
+    with memcheck(hint=hint):
+        out = _run(mod, a, b, transposed_c=True, hint=hint)
+    assert_close(out, _reference(a, b), **_tol(a.dtype), hint=hint)
+
+
+@matmul_exercise
 def test_k_tail_reads_nothing_past_k(impl, rng):
     mod = impl.load(TOPIC)
     M, N, K = 32, 32, 45
-    a, _ = _padded(_rand(rng, M, K), pad=PAD, fill=float("nan"))  # NaN all around the values
-    b, _ = _padded(_rand(rng, K, N), pad=PAD, fill=float("nan"))
+    a = guarded(_rand(rng, M, K), "a", margin=MARGIN, fill=float("nan"))  # NaN all around the values
+    b = guarded(_rand(rng, K, N), "b", margin=MARGIN, fill=float("nan"))
     out = _run(mod, a, b)
     assert_close(out, _reference(a, b), **_tol(a.dtype), hint="The last K step reads past column K of a or row K of b (here views inside larger tensors full of NaN): mask both loads so that only k < K is read, with other=0.0.")
 
