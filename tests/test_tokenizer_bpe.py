@@ -227,6 +227,16 @@ def test_check_token_ids_accepts_integer_types():
         check_token_ids(7, 5)
 
 
+def test_malformed_special_tokens_are_rejected():
+    for bad in ([""], ["<a>", "<a>"], [None]):
+        with pytest.raises(ValueError, match="special tokens"):
+            ByteBPE(special_tokens=bad)
+        with pytest.raises(ValueError, match="special tokens"):
+            bpe.train_merges("some text", 5, special_tokens=bad)
+    with pytest.raises(TypeError, match="list of str"):
+        ByteBPE().train("text", 300, special_tokens="<|endoftext|>")
+
+
 def test_malformed_merges_are_rejected():
     with pytest.raises(ValueError, match="without gaps"):
         ByteBPE({(97, 98): 257})

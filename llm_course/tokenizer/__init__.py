@@ -1,5 +1,5 @@
 """Text to tokens: byte-level BPE from scratch (``bpe``), with Hugging Face ``tokenizers`` (``hf``),
-and padded tensor batches (``batch``).
+checked ids and streamed text for both (``stream``), and padded tensor batches (``batch``).
 
 ``import llm_course.tokenizer`` is cheap: ``tokenizers`` is imported only by ``hf``.
 """

@@ -162,8 +162,19 @@ def split_special(text: str, special_tokens: list[str] | tuple[str, ...] = ()) -
     """
     if not special_tokens:
         return [text]
+    _check_special_tokens(special_tokens)
     longest_first = sorted(special_tokens, key=len, reverse=True)
     return re.split("|".join(map(re.escape, longest_first)), text)
+
+
+def _check_special_tokens(special_tokens) -> None:
+    if isinstance(special_tokens, str):
+        raise TypeError(f"special_tokens must be a list of str, got the str {special_tokens!r}")
+    for t in special_tokens:
+        if not isinstance(t, str) or not t:
+            raise ValueError(f"special tokens must be non-empty strings, got {t!r}")
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens must be distinct, got {list(special_tokens)}")
 
 
 def count_chunks(
@@ -289,7 +300,7 @@ def train_merges(
             old = words[w]
             new = merge(old, pair, new_id)
             if len(new) == len(old):
-                continue  # an earlier merge already took this chunk's occurrences of the pair
+                continue  # ``where`` lists chunks that once held the pair; this one no longer does
             freq = freqs[w]
             for p in zip(old, old[1:]):
                 counts[p] -= freq
@@ -402,6 +413,7 @@ class ByteBPE:
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 
     def _set_special_tokens(self, special_tokens) -> None:
+        _check_special_tokens(special_tokens)
         first = 256 + len(self.merges)
         self.special_tokens = {tok: first + i for i, tok in enumerate(special_tokens)}
         self.inverse_special_tokens = {i: tok for tok, i in self.special_tokens.items()}
@@ -480,7 +492,9 @@ class ByteBPE:
         """Encode a stream of text (an open file, a generator of lines) lazily: yields the ids one by one.
 
         The ids are exactly those of ``encode("".join(chunks))``, but memory holds only
-        about ``buffer_chars`` characters of text at a time (see :func:`split_stream`).
+        about ``buffer_chars`` characters of text at a time. The text is cut just before
+        whitespace that follows a non-space character (:func:`split_stream`), where the
+        default ``pattern`` always ends a chunk; a custom pattern must do the same.
         """
         if special_tokens and any(re.search(r"\s", tok) for tok in self.special_tokens):
             raise ValueError("encode_iterable cannot stream special tokens that contain whitespace")

@@ -191,6 +191,8 @@ class CourseTokenizer:
 
     def encode_batch(self, texts: list[str], special_tokens: bool = True) -> list[list[int]]:
         """Encode several texts at once (in parallel): a list of id lists."""
+        if isinstance(texts, str):
+            raise TypeError("encode_batch takes a list of str, got one str: use encode")
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
@@ -298,7 +300,8 @@ def check_tokenizer_file(file: str | os.PathLike, default: bool = False) -> Toke
     Checks, in order: the file is valid JSON; its model is ``BPE``; its pre-tokenizer and
     decoder are ``ByteLevel`` (without them, spaces and bytes are mangled silently);
     ``tokenizers`` loads it; the special tokens are present; ``SELF_CHECK_TEXT`` comes
-    back unchanged from encode and decode.
+    back unchanged from encode and decode. ``default``: the file is the course's own
+    (the message then says how to restore it).
     """
     file = Path(file)
     spec = _read_json(file, default)
