@@ -1,7 +1,8 @@
 """The ``llm-course`` command.
 
     llm-course doctor                     environment check
-    llm-course grade [STAGE] [--impl X]   grade the exercises of a stage (or all)
+    llm-course grade [STAGE] [--impl X] [--topic T]... [--verbose] [--timeout S] [--strict]
+                                          grade the exercises of a stage (or all)
     llm-course progress [--impl X]        points per stage
     llm-course bench kernels|layers       benchmarks (stage 1 and 2), CSV and charts
     llm-course build-tokenizer            rebuild the course's default tokenizer
@@ -15,14 +16,22 @@ import sys
 
 
 def _grade(args) -> int:
+    """Exit status: 0 graded (2 with a problem that stopped the grading, 1 when tests crashed or, with --strict, failed)."""
     from llm_course.grading.grader import grade
 
-    report = grade(args.stage, args.impl)
+    report = grade(args.stage, args.impl, topics=args.topic, verbose=args.verbose, timeout=args.timeout)
+    if report.problem:
+        return 2
+    if not report.complete:
+        print("\nSome tests did not run to the end (see CRASHED, TIMED OUT or NOT RUN above): the grade is not final. "
+              "Fix that first, then run this again.")  # fmt: skip
+        return 1
     if report.all_passed:
         print("\nEverything passes. Well done!")
         return 0
     if not args.strict:
-        print("\nKeep going: fix the first failing exercise, then run this again.")
+        hint = "" if args.verbose else " (--verbose shows each failing test and its inputs)"
+        print(f"\nKeep going: fix the first failing exercise, then run this again{hint}.")
         return 0
     return 1
 
@@ -30,7 +39,11 @@ def _grade(args) -> int:
 def _progress(args) -> int:
     from llm_course.grading.grader import progress
 
-    report = progress(args.impl)
+    report = progress(args.impl, timeout=args.timeout)
+    if report.problem:
+        return 2
+    if not report.complete:
+        return 1
     return 1 if args.strict and not report.all_passed else 0
 
 
@@ -53,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("grade", help="grade exercises")
     g.add_argument("stage", nargs="?", type=int, default=None)
     g.add_argument("--impl", default=None, help="exercises (default), solutions, or a folder with that layout")
+    g.add_argument("--topic", action="append", default=None, metavar="TOPIC",
+                   help="only the exercises of tests/exercises/test_stageN_<k>_TOPIC.py (repeatable), e.g. --topic bpe")
+    g.add_argument("--verbose", "-v", action="store_true", help="each failing test: its name, inputs and first lines of its error")
+    g.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="seconds one test may run before it is stopped (default 120, or $LLM_COURSE_GRADE_TIMEOUT)")
     g.add_argument("--strict", action="store_true", help="exit non-zero unless everything passes (CI, instructors)")
     p = sub.add_parser("progress", help="points per stage")
     p.add_argument("--impl", default=None)
+    p.add_argument("--timeout", type=float, default=None, metavar="S")
     p.add_argument("--strict", action="store_true")
     b = sub.add_parser("bench", add_help=False, help="benchmarks; `llm-course bench kernels --help` lists a benchmark's options")
     b.add_argument("what", choices=sorted(BENCHES))
