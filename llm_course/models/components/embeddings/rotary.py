@@ -8,7 +8,7 @@ nearly ``1/base``::
 Pair ``i`` of a token at position p is rotated by the angle ``p * inv_freq[i]``.
 Fast pairs (small i) turn about once a token; slow pairs take up to ``2*pi*base``
 tokens for one turn. :class:`RotaryEmbedding` computes ``cos`` and ``sin`` of all
-these angles once, in float32, for positions 0 .. max_position - 1, and hands out
+these angles once, in float32, for positions 0 .. max_position_embeddings - 1, and hands out
 the rows of the positions asked for; ``llm_course.ops.apply_rope`` does the
 rotation.
 
@@ -32,9 +32,9 @@ argument takes Hugging Face's ``rope_scaling`` dict from a model's config.json
 
 * ``linear`` (position interpolation): every frequency divided by ``factor``,
   so position ``p`` looks like position ``p / factor``.
-* ``dynamic`` (dynamic NTK): nothing changes up to ``max_position``; beyond it, for
-  a sequence of length L the base grows to
-  ``base * (factor * L / max_position - (factor - 1)) ** (D / (D - 2))``, which
+* ``dynamic`` (dynamic NTK): nothing changes up to ``max_position_embeddings``; beyond
+  it, for a sequence of length L the base grows to
+  ``base * (factor * L / max_position_embeddings - (factor - 1)) ** (D / (D - 2))``, which
   slows the slow pairs a lot and the fast ones hardly at all.
 * ``yarn`` (NTK-by-parts): fast pairs (more than ``beta_fast`` turns over the
   original context) keep their frequency, slow pairs (fewer than ``beta_slow``
