@@ -44,7 +44,9 @@ k, v (B, Hkv, S, D); query i sees key j when
     j >  i + (S - T) - window         if a window is given
     key_padding_mask[b, j] is True    if a padding mask is given
 
-A query row that sees no key at all gets output 0 and lse = -inf.
+A query row that sees no key at all gets output 0 and lse = -inf. A key a row
+does not see never reaches its output, even when its k or v holds NaN or inf
+(padding, unwritten cache slots); a row that sees such a key gets NaN.
 """
 
 from __future__ import annotations
@@ -118,11 +120,22 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
         p = tl.exp2(qk * qk_scale - m_sub[:, None])  # (BLOCK_M, BLOCK_N)
         alpha = tl.exp2(m_i - m_sub)  # (BLOCK_M,) rescale factor for the old sums
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
+        if HAS_PAD:  # padding keys' values read as 0: in the dot, p = 0 times a NaN would still be NaN
+            v = tl.load(v_ptrs, mask=((offs_n < S) & real)[:, None], other=0.0)  # (BLOCK_N, D)
+        elif MASKED:
             v = tl.load(v_ptrs, mask=(offs_n < S)[:, None], other=0.0)  # (BLOCK_N, D)
         else:
             v = tl.load(v_ptrs)
         acc = acc * alpha[:, None]
+        if MASKED:
+            # Some rows see a key that others cannot (causal diagonal, window edge). A NaN or
+            # inf in its value would reach those others through the dot (0 * NaN = NaN), so the
+            # dot gets finite values only, and the rows that do see a non-finite value get NaN.
+            v_ok = tl.abs(v.to(tl.float32)) < float("inf")  # (BLOCK_N, D): False for NaN and +-inf
+            v_bad = tl.max(tl.where(v_ok, 0, 1), 1)  # (BLOCK_N,): 1 for a key with a non-finite value
+            sees_bad = tl.max(tl.where(keep & (v_bad[None, :] > 0), 1, 0), 1)  # (BLOCK_M,)
+            acc = tl.where(sees_bad[:, None] > 0, float("nan"), acc)
+            v = tl.where(v_ok, v, 0.0).to(v_ptrs.dtype.element_ty)
         acc = tl.dot(p.to(v.dtype), v, acc)  # P in the input dtype, accumulated in fp32
         m_i = m_new
         k_ptrs += BLOCK_N * stride_ks

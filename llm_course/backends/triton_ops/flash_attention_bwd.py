@@ -121,6 +121,8 @@ def _dkdv_blocks(dk, dv, k, v, q_ptrs, do_ptrs, lse2_ptr, delta_ptr, offs_n, off
                 keep = keep & (offs_n[:, None] > offs_m[None, :] + off - window)
             sT = tl.where(keep, sT, float("-inf"))  # masked: probability exp2(-inf) = 0
         pT = tl.exp2(sT - lse2[None, :])  # the probabilities, recomputed exactly
+        if MASKED:  # ... and 0 also for a row whose lse is NaN (it saw a NaN key)
+            pT = tl.where(keep, pT, 0.0)
         if MASKED:
             do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
             delta = tl.load(delta_ptr + offs_m, mask=row_ok, other=0.0)
@@ -130,6 +132,8 @@ def _dkdv_blocks(dk, dv, k, v, q_ptrs, do_ptrs, lse2_ptr, delta_ptr, offs_n, off
         dv = tl.dot(pT.to(do.dtype), do, dv)  # dV += P^T dO
         dpT = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         dsT = pT * (dpT - delta[None, :])  # dS = P * (dP - delta)
+        if MASKED:  # 0 * NaN = NaN: a NaN delta (a row that saw a NaN value) or v must not reach masked pairs
+            dsT = tl.where(keep, dsT, 0.0)
         dk = tl.dot(dsT.to(q.dtype), q, dk)  # dK += dS^T Q (times scale at the end)
         q_ptrs += BLOCK_M * stride_qt
         do_ptrs += BLOCK_M * stride_dt
@@ -224,12 +228,20 @@ def _dq_blocks(dq, q, do, lse2, delta, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_
     for start_n in range(start, stop, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + offs_n_base
-        if MASKED:
+        if HAS_PAD:  # padding keys read as 0: a NaN there would reach dQ through the dots (0 * NaN = NaN)
+            real = tl.load(pad_ptrs + offs_n * stride_ps, mask=offs_n < S, other=0) != 0
+            k = tl.load(k_ptrs, mask=((offs_n < S) & real)[:, None], other=0.0)  # (BLOCK_N, D)
+            v = tl.load(v_ptrs, mask=((offs_n < S) & real)[:, None], other=0.0)
+        elif MASKED:
             k = tl.load(k_ptrs, mask=(offs_n < S)[:, None], other=0.0)  # (BLOCK_N, D)
             v = tl.load(v_ptrs, mask=(offs_n < S)[:, None], other=0.0)
         else:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
+        if MASKED:  # keys some rows cannot see: their NaN or inf must not reach those rows either; the
+            # rows that do see one have a NaN lse or delta from the forward, so their dQ stays NaN
+            k = tl.where(tl.abs(k.to(tl.float32)) < float("inf"), k, 0.0).to(k_ptrs.dtype.element_ty)
+            v = tl.where(tl.abs(v.to(tl.float32)) < float("inf"), v, 0.0).to(v_ptrs.dtype.element_ty)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
         if MASKED:
             keep = (offs_n < S)[None, :]
@@ -239,7 +251,6 @@ def _dq_blocks(dq, q, do, lse2, delta, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_
                 keep = keep & (offs_n[None, :] > offs_m[:, None] + off - window)
             s = tl.where(keep, s, float("-inf"))
         if HAS_PAD:
-            real = tl.load(pad_ptrs + offs_n * stride_ps, mask=offs_n < S, other=0) != 0
             s = tl.where(real[None, :], s, float("-inf"))
         p = tl.exp2(s - lse2[:, None])  # the probabilities, recomputed exactly; masked ones are 0
         dp = tl.dot(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
