@@ -361,11 +361,11 @@ def time_trainers(docs: list[str], num_merges: int = 300, special_tokens: list[s
     from llm_course.tokenizer.bpe import ByteBPE
 
     text = special_tokens[0].join(docs) if special_tokens else "".join(docs)
+    vocab_size = 256 + num_merges + len(special_tokens)  # the same for both
     start = time.perf_counter()
-    ours = ByteBPE().train(text, vocab_size=256 + num_merges + len(special_tokens), special_tokens=special_tokens)
+    ours = ByteBPE().train(text, vocab_size=vocab_size, special_tokens=special_tokens)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
-    hf = train_hf_bpe(docs, vocab_size=len(special_tokens) + 256 + num_merges, special_tokens=special_tokens,
-                      min_frequency=0)  # fmt: skip
+    hf = train_hf_bpe(docs, vocab_size=vocab_size, special_tokens=special_tokens, min_frequency=0)
     hf_s = time.perf_counter() - start
     return {"ours": ours, "hf": hf, "ours_s": ours_s, "hf_s": hf_s}
