@@ -19,7 +19,11 @@ def _grade(args) -> int:
     """Exit status: 0 graded (2 with a problem that stopped the grading, 1 when tests crashed or, with --strict, failed)."""
     from llm_course.grading.grader import grade
 
-    report = grade(args.stage, args.impl, topics=args.topic, verbose=args.verbose, timeout=args.timeout)
+    try:
+        report = grade(args.stage, args.impl, topics=args.topic, verbose=args.verbose, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print("\nInterrupted: the tests were stopped.")
+        return 130
     if report.problem:
         return 2
     if not report.complete:

@@ -95,16 +95,12 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-class _Terminated(Exception):
-    """The grader received SIGTERM while a child ran."""
-
-
 @contextlib.contextmanager
 def group_killed_on_exit(proc: subprocess.Popen):
     """However the block ends (normally, Ctrl-C, SIGTERM, an error), the child's process group is gone."""
 
     def on_sigterm(signum, frame):
-        raise _Terminated("stopped by SIGTERM")
+        raise SystemExit(128 + signum)  # unwinds through the finally below, as Ctrl-C does
 
     old = None
     if threading.current_thread() is threading.main_thread():
