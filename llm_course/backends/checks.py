@@ -70,6 +70,43 @@ def require_vector_of(op: str, name: str, t: torch.Tensor | None, n: int, what: 
         raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected ({n},) to match {what}")
 
 
+FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def require_device(op: str, **tensors: torch.Tensor | None) -> None:
+    """Tensors that hold data (not on the ``meta`` device), all on one device (None: an absent optional tensor)."""
+    present = {name: t for name, t in tensors.items() if t is not None}
+    for name, t in present.items():
+        if t.device.type == "meta":
+            raise ValueError(
+                f"{op}: {name} is on the meta device: it has a shape but no data "
+                "(materialize it first, e.g. module.to_empty(device=...) and load or initialize the weights)"
+            )
+    if len({t.device for t in present.values()}) > 1:
+        desc = ", ".join(f"{n} on {t.device}" for n, t in present.items())
+        raise ValueError(f"{op}: inputs are on different devices ({desc})")
+
+
+def require_floating(op: str, **tensors: torch.Tensor | None) -> None:
+    """Floating-point tensors: an integer or bool input would be computed in float and cast back, silently wrong."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in FLOATING:
+            allowed = ", ".join(map(_dtype_name, FLOATING))
+            raise TypeError(f"{op}: {name} has dtype {_dtype_name(t.dtype)}; the op takes floating-point tensors ({allowed})")
+
+
+def require_same_dtype(op: str, **tensors: torch.Tensor | None) -> None:
+    """All the given tensors of one dtype (ops that compute in their inputs' dtype do not promote)."""
+    present = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(present.values())) > 1:
+        desc = ", ".join(f"{n} {_dtype_name(d)}" for n, d in present.items())
+        raise TypeError(f"{op}: inputs have different dtypes ({desc})")
+
+
 def require_eps(op: str, eps: object) -> None:
     """A finite, non-negative number (``eps`` of the norms)."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
@@ -82,11 +119,16 @@ def require_eps(op: str, eps: object) -> None:
 def add(x: torch.Tensor, y: torch.Tensor) -> None:
     require_tensor("add", "x", x)
     require_tensor("add", "y", y)
+    require_device("add", x=x, y=y)
+    require_floating("add", x=x, y=y)
+    require_same_dtype("add", x=x, y=y)
     require_same_shape("add", x=x, y=y)
 
 
 def softmax(x: torch.Tensor) -> None:
     require_tensor("softmax", "x", x)
+    require_device("softmax", x=x)
+    require_floating("softmax", x=x)
     require_at_least_1d("softmax", "x", x)
 
 
@@ -94,6 +136,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> None:
     require_tensor("rms_norm", "x", x)
     require_at_least_1d("rms_norm", "x", x)
     require_tensor("rms_norm", "weight", weight)
+    require_device("rms_norm", x=x, weight=weight)
+    require_floating("rms_norm", x=x, weight=weight)  # weight may have another float dtype than x
     require_vector_of("rms_norm", "weight", weight, x.shape[-1])
     require_eps("rms_norm", eps)
 
@@ -102,6 +146,9 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     require_tensor("layer_norm", "x", x)
     require_at_least_1d("layer_norm", "x", x)
     require_tensor("layer_norm", "weight", weight)
+    require_tensor("layer_norm", "bias", bias, optional=True)
+    require_device("layer_norm", x=x, weight=weight, bias=bias)
+    require_floating("layer_norm", x=x, weight=weight, bias=bias)  # weight, bias may have another float dtype
     require_vector_of("layer_norm", "weight", weight, x.shape[-1])
     require_vector_of("layer_norm", "bias", bias, x.shape[-1])
     require_eps("layer_norm", eps)
@@ -110,6 +157,9 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 def matmul(a: torch.Tensor, b: torch.Tensor) -> None:
     require_tensor("matmul", "a", a, ndim=2)
     require_tensor("matmul", "b", b, ndim=2)
+    require_device("matmul", a=a, b=b)
+    require_floating("matmul", a=a, b=b)
+    require_same_dtype("matmul", a=a, b=b)
     if a.shape[1] != b.shape[0]:
         raise ValueError(
             f"matmul: inner dimensions differ: a is {tuple(a.shape)} and b is {tuple(b.shape)} (a's columns must equal b's rows)"
@@ -120,6 +170,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     require_tensor("linear", "x", x)
     require_tensor("linear", "weight", weight, ndim=2)
     require_at_least_1d("linear", "x", x)
+    require_tensor("linear", "bias", bias, optional=True)
+    require_device("linear", x=x, weight=weight, bias=bias)
+    require_floating("linear", x=x, weight=weight, bias=bias)
+    require_same_dtype("linear", x=x, weight=weight, bias=bias)
     N, K = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"linear: x has {x.shape[-1]} features (last dimension) but weight {tuple(weight.shape)} expects {K}")
@@ -130,6 +184,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     require_tensor("apply_rope", "x", x, ndim=4)
     require_tensor("apply_rope", "cos", cos, ndim=(2, 3))
     require_tensor("apply_rope", "sin", sin, ndim=(2, 3))
+    require_device("apply_rope", x=x, cos=cos, sin=sin)
+    require_floating("apply_rope", x=x, cos=cos, sin=sin)  # the tables may be float32 for a float16 x
     check_rope_inputs("apply_rope", x, cos, sin)
 
 
@@ -147,6 +203,9 @@ def attention(
     op = "attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
         require_tensor(op, name, t, ndim=4)
+    require_device(op, q=q, k=k, v=v)
+    require_floating(op, q=q, k=k, v=v)
+    require_same_dtype(op, q=q, k=k, v=v)
     B, Hq, T, D = q.shape
     Bk, Hkv, S, Dk = k.shape
     if Bk != B or v.shape[0] != B:
@@ -166,17 +225,23 @@ def attention(
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (B, S):
             got = f"{str(m.dtype).removeprefix('torch.')} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
             raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape (B, S) = ({B}, {S}), got {got}")
+        require_device(op, q=q, key_padding_mask=m)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {dropout_p!r}")
 
 
 def gelu_tanh(x: torch.Tensor) -> None:
     require_tensor("gelu_tanh", "x", x)
+    require_device("gelu_tanh", x=x)
+    require_floating("gelu_tanh", x=x)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> None:
     require_tensor("silu_mul", "gate", gate)
     require_tensor("silu_mul", "up", up)
+    require_device("silu_mul", gate=gate, up=up)
+    require_floating("silu_mul", gate=gate, up=up)
+    require_same_dtype("silu_mul", gate=gate, up=up)
     require_same_shape("silu_mul", gate=gate, up=up)
 
 
@@ -186,3 +251,5 @@ def embedding(ids: torch.Tensor, weight: torch.Tensor) -> None:
     if ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"embedding: ids must be int64 or int32, got {str(ids.dtype).removeprefix('torch.')}")
     require_tensor("embedding", "weight", weight, ndim=2)
+    require_device("embedding", ids=ids, weight=weight)
+    require_floating("embedding", weight=weight)
