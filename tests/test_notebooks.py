@@ -169,7 +169,8 @@ def test_stored_outputs_are_those_of_the_untouched_stubs(nb_path):
     assert all("not done yet" in t for t in tags), [t for t in tags if "not done yet" not in t]
     errors = [c for c in code_cells(nb) for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors, f"{nb_path.name}: stored outputs hold an error"
-    assert all(c.get("outputs") or not c["execution_count"] for c in code_cells(nb))
+    counts = [c["execution_count"] for c in code_cells(nb)]
+    assert counts == list(range(1, len(counts) + 1)), f"{nb_path.name}: not stored from one run, top to bottom"
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
