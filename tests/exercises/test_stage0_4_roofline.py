@@ -1,4 +1,9 @@
-"""Graded: the roofline model (exercises/stage0_measure/roofline.py)."""
+"""Graded: the roofline model (exercises/stage0_measure/roofline.py).
+
+Random devices and intensities on both sides of the ridge point, and for
+``bound`` some exactly on it (where the docstring says "compute": `<` and `<=`
+must give different grades).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +42,37 @@ def _cases(r: random.Random, n_devices: int) -> list[tuple[float, float, float]]
     return cases
 
 
+# Ways of writing "intensity < ridge point": each must say "compute" exactly at the ridge point,
+# and its `<=` twin "memory". Ridge cases are kept only where all of them agree, so that float
+# rounding can never decide between a right and a wrong answer.
+_BELOW_RIDGE = [
+    lambda i, p, b: (i, p * 1000 / b),
+    lambda i, p, b: (i * b / 1000, p),
+    lambda i, p, b: (i * b, p * 1000),
+    lambda i, p, b: (i, p / b * 1000),
+    lambda i, p, b: (i, p / (b / 1000)),
+    lambda i, p, b: (min(p, i * b / 1000), p),
+    lambda i, p, b: (i * b * 1e-3, p),
+    lambda i, p, b: (i, p * 1e3 / b),
+    lambda i, p, b: (i * (b / 1000), p),
+    lambda i, p, b: (i, p * 1e12 / (b * 1e9)),
+    lambda i, p, b: (i * b * 1e9, p * 1e12),
+]
+
+
+def _ridge_cases(r: random.Random, n: int) -> list[tuple[float, float, float]]:
+    """n (intensity, peak, bandwidth) triples with the intensity exactly at the ridge point."""
+    cases = []
+    while len(cases) < n:
+        p, b = float(r.randint(1, 2000)), float(2 ** r.randint(6, 13))  # 1..2000 TFLOP/s, 64..8192 GB/s
+        i = p * 1000 / b
+        if all(x >= y for x, y in (f(i, p, b) for f in _BELOW_RIDGE)) and all(
+            x <= y for x, y in (f(i, p, b) for f in _BELOW_RIDGE)
+        ):  # every way of writing it lands exactly on the ridge
+            cases.append((i, p, b))
+    return cases
+
+
 def _matches(got: list, model, cases) -> bool:
     """Whether ``got`` is what ``model(intensity, peak, bw)`` gives on every case."""
     for g, (i, p, b) in zip(got, cases):
@@ -60,6 +96,8 @@ _ATTAINABLE_MISTAKES = [
 ]  # fmt: skip
 
 _BOUND_MISTAKES = [
+    (lambda i, p, b: "memory" if i <= p * 1000 / b else "compute", "at the ridge point itself an op counts as "
+     "compute-bound: return \"memory\" only when the intensity is strictly below the ridge (<, not <=)"),
     (lambda i, p, b: "compute" if i < p * 1000 / b else "memory", "low intensity means few FLOPs per byte: "
      "below the ridge point an op waits for memory (\"memory\"), above it for arithmetic (\"compute\")"),
     (lambda i, p, b: "memory" if i < p / b else "compute", "the ridge point is peak_tflops * 1000 / "
@@ -90,7 +128,9 @@ def test_attainable_tflops(impl, rng):
 @roofline
 def test_bound(impl, rng):
     f = impl.load(TOPIC).bound
-    cases = _cases(random.Random(rng.initial_seed()), 6)
+    r = random.Random(rng.initial_seed())
+    cases = _cases(r, 6) + _ridge_cases(r, 4)
+    r.shuffle(cases)
     got = [f(i, p, b) for i, p, b in cases]
     for g in got:
         assert g in ("memory", "compute"), f'bound should return the string "memory" or "compute", got {g!r}'
@@ -102,6 +142,6 @@ def test_bound(impl, rng):
             raise AssertionError(message)
     i, p, b, g = next((i, p, b, g) for g, (i, p, b) in zip(got, cases) if g != right(i, p, b))
     raise AssertionError(
-        "below the ridge point (peak / bandwidth, in FLOP/byte) an op is memory-bound; above it, compute-bound "
+        "below the ridge point (peak / bandwidth, in FLOP/byte) an op is memory-bound; at or above it, compute-bound "
         f"(intensity {i:.4g} FLOP/byte, ridge {p * 1000 / b:.4g}: expected {right(i, p, b)!r}, got {g!r})"
     )

@@ -3,9 +3,10 @@
 ``causal_attention`` and ``gqa_attention`` are checked against a float64
 reference written here, on fresh random inputs with odd sizes, every output and
 every gradient. When an answer is wrong, the tests first compare it with the
-usual mistakes (the diagonal masked, no mask, 1/D or no scale, softmax over the
-queries, head h reading kv head h % Hkv, the causal mask not aligned to the end
-when T < S) and name the one it matches.
+usual mistakes (the diagonal masked, one future key let in, no mask, 1/D or no
+scale, softmax over the queries, head h reading kv head h % Hkv, the causal mask
+not aligned to the end when T < S) and name the one it matches, only when the
+error looks like that mistake (``which_mistake``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import pytest
 import torch
 
-from llm_course.grading.checks import assert_close
+from llm_course.grading.checks import assert_close, which_mistake
 
 TOPIC = "stage2_attention/attention"
 
@@ -34,9 +35,9 @@ def reference(q, k, v, *, causal=True, scale=None, mask="end", heads="group", so
     scale = 1 / math.sqrt(D) if scale is None else scale
     s = q @ k.transpose(-1, -2) * scale  # (B, Hq, T, S)
     if causal:
-        i = torch.arange(T)[:, None] + (S - T if mask in ("end", "strict") else 0)
+        i = torch.arange(T)[:, None] + (0 if mask == "start" else S - T)
         j = torch.arange(S)[None, :]
-        hidden = j >= i if mask == "strict" else j > i
+        hidden = j >= i if mask == "strict" else j > i + 1 if mask == "one future" else j > i
         s = s.masked_fill(hidden, float("-inf"))
     p = torch.softmax(s, dim=softmax_dim).nan_to_num(0.0)
     return p @ v
@@ -44,6 +45,7 @@ def reference(q, k, v, *, causal=True, scale=None, mask="end", heads="group", so
 
 CAUSAL_MISTAKES = [
     (dict(mask="strict"), "the causal mask hides the diagonal: query i must see key i itself (mask only j > i)."),
+    (dict(mask="one future"), "the causal mask lets in one future key: a query at position i must see keys j <= i only (mask j > i, not j > i + 1)."),
     (dict(causal=False), "the future is not masked: query i must not see keys j > i."),
     (dict(scale="1/D"), "the scores are scaled by 1/D; scale them by 1/sqrt(D)."),
     (dict(scale=1.0), "the scores are not scaled; multiply q @ k^T by 1/sqrt(D)."),
@@ -56,19 +58,18 @@ GQA_MISTAKES = [
 
 
 def diagnose(out, q, k, v, mistakes, causal=True, default="the output differs from softmax(q @ k^T / sqrt(D) + mask) @ v."):
-    """The sentence for the usual mistake ``out`` matches, or ``default``."""
-    if isinstance(out, torch.Tensor) and out.shape == q.shape[:3] + v.shape[-1:]:
-        for kwargs, sentence in mistakes:
-            kw = dict(kwargs)
-            if kw.get("scale") == "1/D":
-                kw["scale"] = 1 / q.shape[-1]
-            kw.setdefault("causal", causal)
-            if not causal and (kw.get("mask") or "causal" in kwargs):
-                continue  # mask mistakes cannot show without a mask
-            wrong = reference(q, k, v, **kw)
-            if torch.allclose(out.detach().double().nan_to_num(0.0), wrong, atol=1e-4, rtol=1e-4):
-                return sentence
-    return default
+    """The sentence for the usual mistake ``out`` looks like (see ``which_mistake``), or ``default``."""
+
+    def variant(kwargs):
+        kw = dict(kwargs)
+        if kw.get("scale") == "1/D":
+            kw["scale"] = 1 / q.shape[-1]
+        kw.setdefault("causal", causal)
+        return lambda: reference(q, k, v, **kw)
+
+    candidates = [(variant(kw), sentence) for kw, sentence in mistakes
+                  if causal or not (kw.get("mask") or "causal" in kw)]  # mask mistakes cannot show without a mask
+    return which_mistake(out, reference(q, k, v, causal=causal), candidates) or default
 
 
 def check(out, q, k, v, mistakes, *, causal=True, what="the output"):

@@ -5,8 +5,13 @@ with tables from the course's ``RotaryEmbedding`` at random positions (different
 for each sequence of the batch), odd head counts and lengths, both table
 shapes, float32/float16/float64, and its gradient. A wrong answer is compared
 with the usual mistakes (neighbouring pairs (2i, 2i+1) instead of halves, the
-sign of rotate_half flipped, one token's angles used for every token) and the
-failure names the one it matches.
+sign of rotate_half flipped, cos and sin swapped, one token's angles used for
+every token) and the failure names the one it matches, only when the error
+looks like that mistake (``which_mistake``).
+
+The exercise advises computing in float32 (``x.float()``), so float64 inputs
+are checked to float32's precision: following the advice passes, and so does
+computing in float64.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_course.grading.checks import assert_close
+from llm_course.grading.checks import assert_close, tolerance, which_mistake
 from llm_course.models.components.embeddings.rotary import RotaryEmbedding
 
 TOPIC = "stage2_attention/rope"
@@ -22,9 +27,11 @@ TOPIC = "stage2_attention/rope"
 rope_exercise = pytest.mark.exercise("apply_rope", stage=2, points=2, title="Rotary embeddings")
 
 
-def rotate64(x, cos, sin, *, pairs="halves", sign=1, per_token=True, per_sequence=True):
+def rotate64(x, cos, sin, *, pairs="halves", sign=1, per_token=True, per_sequence=True, swapped=False):
     """float64 rotation, pair by pair; the keyword arguments make the usual wrong variants."""
     x, cos, sin = x.double(), cos.double(), sin.double()
+    if swapped:
+        cos, sin = sin, cos
     if cos.dim() == 2:
         cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
     if not per_token:
@@ -51,19 +58,21 @@ MISTAKES = [
     (dict(pairs="neighbours, angle i"), "features are paired as neighbours (2i, 2i+1); pair feature i with feature i + D/2 (the two halves)."),
     (dict(per_sequence=False), "every sequence got the angles of the first one; with (B, T, D) tables, sequence b must use cos[b] and sin[b]."),
     (dict(sign=-1), "the rotation goes the wrong way: rotate_half(x) is cat(-x2, x1), not cat(x2, -x1)."),
+    (dict(swapped=True), "cos and sin are swapped: out = x * cos + rotate_half(x) * sin."),
     (dict(per_token=False), "every token got the angles of one position; token t must use row t of cos and sin."),
 ]
 
 
+def _tol(dtype) -> dict:
+    """The exercise computes in float32 (its advice): float64 inputs are held to float32's precision."""
+    return tolerance(torch.float32 if dtype == torch.float64 else dtype)
+
+
 def check(out, x, cos, sin, what="the output"):
     expected = rotate64(x, cos, sin)
-    hint = "apply_rope differs from x * cos + rotate_half(x) * sin."
-    if isinstance(out, torch.Tensor) and out.shape == expected.shape:
-        for kwargs, sentence in MISTAKES:
-            if torch.allclose(out.detach().double(), rotate64(x, cos, sin, **kwargs), atol=1e-3, rtol=1e-3):
-                hint = sentence
-                break
-    assert_close(out, expected, hint=hint, what=what)
+    candidates = [(lambda kw=kw: rotate64(x, cos, sin, **kw), sentence) for kw, sentence in MISTAKES]
+    hint = which_mistake(out, expected, candidates, atol=1e-3, rtol=1e-3) or "apply_rope differs from x * cos + rotate_half(x) * sin."
+    assert_close(out, expected, hint=hint, what=what, **_tol(x.dtype))
     assert out.dtype == x.dtype, f"the output must keep x's dtype {x.dtype}, got {out.dtype}."
 
 
@@ -130,4 +139,4 @@ def test_apply_rope_gradient(impl, rng):
     dout = torch.randn(out.shape, generator=rng, dtype=torch.float64)
     (dx,) = torch.autograd.grad(out, x, dout)
     # the gradient of a rotation is the rotation by the opposite angle
-    assert_close(dx, rotate64(dout, cos, -sin), hint="the gradient of apply_rope is wrong.", what="dx")
+    assert_close(dx, rotate64(dout, cos, -sin), hint="the gradient of apply_rope is wrong.", what="dx", **_tol(dx.dtype))

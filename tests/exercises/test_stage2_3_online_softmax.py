@@ -18,7 +18,7 @@ import math
 import pytest
 import torch
 
-from llm_course.grading.checks import assert_close
+from llm_course.grading.checks import assert_close, which_mistake
 
 TOPIC = "stage2_attention/online_softmax"
 
@@ -44,15 +44,13 @@ def check_step(out, m, l, block):
     m_new, l_new = out
     exp_m, exp_l = step64(m, l, block)
     assert_close(m_new, exp_m, hint="the new running max must be max(m, max(block)).", what="m_new")
-    hint = "the running sum must be l * exp(m - m_new) + sum(exp(block - m_new))."
-    if isinstance(l_new, torch.Tensor) and l_new.shape == exp_l.shape:
-        l64, got = l.double(), l_new.detach().double()
-        not_rescaled = l64 + torch.exp(block.double() - exp_m[..., None]).sum(dim=-1)
-        max_grew = not torch.allclose(l64 * torch.exp(m.double() - exp_m), l64)
-        if max_grew and torch.allclose(got, not_rescaled, rtol=1e-4):
-            hint = "the running sum is not rescaled when the max grows: multiply l by exp(m - m_new)."
-        elif torch.allclose(got, l64 + torch.exp(block.double()).sum(dim=-1), rtol=1e-4):
-            hint = "the running sum is relative to the running max: add sum(exp(block - m_new)), not sum(exp(block))."
+    l64, block64 = l.double(), block.double()
+    hint = which_mistake(l_new, exp_l, [
+        (lambda: l64 + torch.exp(block64 - exp_m[..., None]).sum(dim=-1),
+         "the running sum is not rescaled when the max grows: multiply l by exp(m - m_new)."),
+        (lambda: l64 + torch.exp(block64).sum(dim=-1),
+         "the running sum is relative to the running max: add sum(exp(block - m_new)), not sum(exp(block))."),
+    ], rtol=1e-4) or "the running sum must be l * exp(m - m_new) + sum(exp(block - m_new))."  # fmt: skip
     assert_close(l_new, exp_l, hint=hint, what="l_new")
 
 
@@ -144,9 +142,8 @@ def check_result(result, x):
     assert_close(probs, torch.softmax(x64, dim=-1), hint="the probabilities must be exp(x - m) / l.", what="probs")
     expected = torch.logsumexp(x64, dim=-1)
     m = x64.amax(dim=-1)
-    hint = "the log-sum-exp must be m + log(l)."
-    if isinstance(lse, torch.Tensor) and lse.shape == expected.shape and torch.allclose(lse.double(), expected - m):
-        hint = "the log-sum-exp is off by the max: it is m + log(l), not log(l)."
+    hint = which_mistake(lse, expected, [(expected - m, "the log-sum-exp is off by the max: it is m + log(l), not log(l).")],
+                         atol=1e-6, rtol=1e-5) or "the log-sum-exp must be m + log(l)."  # fmt: skip
     assert_close(lse, expected, hint=hint, what="lse")
 
 
