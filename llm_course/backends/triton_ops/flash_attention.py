@@ -135,7 +135,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
             v_bad = tl.max(tl.where(v_ok, 0, 1), 1)  # (BLOCK_N,): 1 for a key with a non-finite value
             sees_bad = tl.max(tl.where(keep & (v_bad[None, :] > 0), 1, 0), 1)  # (BLOCK_M,)
             acc = tl.where(sees_bad[:, None] > 0, float("nan"), acc)
-            v = tl.where(v_ok, v, 0.0).to(v_ptrs.dtype.element_ty)
+            v = tl.where(v_ok, v, 0.0).to(v.dtype)
         acc = tl.dot(p.to(v.dtype), v, acc)  # P in the input dtype, accumulated in fp32
         m_i = m_new
         k_ptrs += BLOCK_N * stride_ks

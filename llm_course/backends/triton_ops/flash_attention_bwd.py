@@ -240,8 +240,8 @@ def _dq_blocks(dq, q, do, lse2, delta, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_
             v = tl.load(v_ptrs)
         if MASKED:  # keys some rows cannot see: their NaN or inf must not reach those rows either; the
             # rows that do see one have a NaN lse or delta from the forward, so their dQ stays NaN
-            k = tl.where(tl.abs(k.to(tl.float32)) < float("inf"), k, 0.0).to(k_ptrs.dtype.element_ty)
-            v = tl.where(tl.abs(v.to(tl.float32)) < float("inf"), v, 0.0).to(v_ptrs.dtype.element_ty)
+            k = tl.where(tl.abs(k.to(tl.float32)) < float("inf"), k, 0.0).to(k.dtype)
+            v = tl.where(tl.abs(v.to(tl.float32)) < float("inf"), v, 0.0).to(v.dtype)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
         if MASKED:
             keep = (offs_n < S)[None, :]
