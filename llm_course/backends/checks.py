@@ -12,9 +12,12 @@ backend refuses a bad input with the same clear error, naming the op, the
 argument and what is wrong with it, before any work is done.
 
 What belongs here is the op's *contract*, true for every backend: arguments of
-the right kind, shapes that agree, valid options. What only a kernel needs (a
-device Triton runs on, a supported dtype, contiguity, size limits) is checked by
-the kernel's entry point with :mod:`llm_course.backends.triton_ops.checks`.
+the right kind, floating-point data (an integer tensor would be computed in float
+and cast back: a silent wrong answer), tensors that hold data (not on the ``meta``
+device) on one device, one dtype where the op does not promote, shapes that agree
+(no silent broadcasting of a bias), valid options. What only a kernel needs (a
+device Triton runs on, a dtype it supports, contiguity, size limits) is checked
+by the kernel's entry point with :mod:`llm_course.backends.triton_ops.checks`.
 
 The helpers at the top are public too: use them in new checks.
 """
