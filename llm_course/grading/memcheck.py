@@ -7,8 +7,8 @@ load and store of a kernel launched through the interpreter is checked, before
 it happens, against the tensors that were passed to that launch, and a stray
 one fails with a sentence that names it::
 
-    softmax_kernel (program 3, softmax.py line 57): the load through x_ptr reads
-    28 elements past the end of x (x has 900 elements: shape (9, 100)); is the load masked?
+    softmax_kernel (program 8, softmax.py line 65): the load through x_ptr reads
+    28 elements past the end of x (x has 900 elements, shape (9, 100)): is the load masked?
 
 It is used by the graded kernel tests::
 
@@ -26,9 +26,9 @@ when the launch starts, and the tag is carried through pointer arithmetic
 mask lets through count: a masked-off lane may point anywhere.
 
 Without the interpreter (a real GPU), on a Triton whose interpreter is laid
-out differently, or with ``LLM_COURSE_MEMCHECK=0``, :func:`memcheck` does nothing (see :func:`memcheck_status`);
-the tests' guard regions (``llm_course.grading.checks.guarded``) still catch
-stray stores there.
+out differently, or with ``LLM_COURSE_MEMCHECK=0``, :func:`memcheck` does
+nothing (:func:`memcheck_status` says why); the tests' guard regions
+(``llm_course.grading.checks.guarded``) still catch stray stores there.
 """
 
 from __future__ import annotations
@@ -169,6 +169,8 @@ class _Checker:
         if not missing:
             missing = [m for m in builder_methods if not hasattr(interp.interpreter_builder, m)]
             missing += [m for m in ("_init_args_hst", "__call__") if not hasattr(interp.GridExecutor, m)]
+        if not missing and "attr" not in getattr(interp.TensorHandle, "__dataclass_fields__", {}):
+            missing = ["TensorHandle.attr"]
         if missing:
             self.reason = f"this Triton's interpreter has no {', '.join(missing)}"
             return None
@@ -289,9 +291,12 @@ class _Checker:
 
         def access(*args, **kwargs):
             if checker.launch is not None:
-                ptrs = args[ptr]
-                m = args[mask] if mask is not None else None
-                checker.check(kind, ptrs, m)
+                try:
+                    checker.check(kind, args[ptr], args[mask] if mask is not None else None)
+                except OutOfBounds:
+                    raise
+                except Exception:  # noqa: BLE001 - a Triton laid out differently: skip the check, never break the kernel
+                    pass
             return original(*args, **kwargs)
 
         return access
