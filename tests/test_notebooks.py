@@ -190,22 +190,6 @@ def test_the_machine_path_guard_sees_paths():
     assert [h.split(":")[0] for h in hits] == ["cell 0", "cell 1"], hits
 
 
-def pinned_versions(python: str) -> dict[str, str]:
-    from packaging.markers import Marker
-
-    pins = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if "==" not in line:
-            continue
-        spec, _, marker = line.partition(";")
-        if marker.strip() and not Marker(marker.strip()).evaluate({"python_version": python}):
-            continue
-        name, version = (s.strip() for s in spec.split("=="))
-        pins[name.lower()] = version
-    return pins
-
-
 def test_the_environment_check_stored_in_00a_shows_the_pinned_versions():
     first = code_cells(read(FIRST))[0]
     assert "check()" in source(first)
@@ -213,7 +197,7 @@ def test_the_environment_check_stored_in_00a_shows_the_pinned_versions():
     shown = dict(re.findall(r"^\s+([\w.-]+)\s{2,}(\S+)\s*$", text, flags=re.MULTILINE))
     assert {"python", "torch", "triton"} <= shown.keys(), text
     python = ".".join(shown["python"].split(".")[:2])
-    pins = pinned_versions(python)
+    pins = load_execute_module().pinned_versions(python)
     names = {"yaml": "pyyaml"}
     compared = 0
     for module, version in shown.items():
@@ -342,3 +326,5 @@ def test_make_notebooks_runs_the_script_that_stores_the_stubs_outputs():
     assert "tests/notebooks/execute.py" in line
     execute = load_execute_module()
     assert execute.ENV["LLM_COURSE_IMPL"] == "exercises" and execute.ENV["TQDM_DISABLE"] == "1"
+    pins = execute.pinned_versions("3.11")
+    assert pins["torch"] and pins["triton"] and pins["numpy"] != execute.pinned_versions("3.10")["numpy"]

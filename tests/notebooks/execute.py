@@ -6,7 +6,8 @@
 The outputs a learner finds in a fresh clone must be the ones the course gives
 *before* any exercise is written ("not done yet; using the reference", zero points),
 made in the pinned environment (requirements.txt). So this script refuses to run
-when ``exercises/`` differs from the committed stubs, runs every notebook in this
+when ``exercises/`` differs from the committed stubs or when an installed version
+differs from requirements.txt, runs every notebook in this
 environment's Python with ``LLM_COURSE_IMPL=exercises`` (seeded, progress bars off),
 and refuses to store an output that names a path of this machine.
 ``make test-notebooks`` then checks that the stubs reproduce these outputs and that
@@ -59,6 +60,36 @@ def find_machine_paths(nb: dict) -> list[str]:
     return hits
 
 
+def pinned_versions(python: str) -> dict[str, str]:
+    """requirements.txt as {package (lower case): version}, for a Python version such as "3.11"."""
+    from packaging.markers import Marker
+
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        spec, _, marker = line.split("#")[0].partition(";")
+        if "==" not in spec or (marker.strip() and not Marker(marker.strip()).evaluate({"python_version": python})):
+            continue
+        name, version = (s.strip() for s in spec.split("=="))
+        pins[name.lower()] = version
+    return pins
+
+
+def check_pinned_environment() -> None:
+    """Refuse to store outputs made with versions other than requirements.txt's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = []
+    for name, pin in pinned_versions(f"{sys.version_info.major}.{sys.version_info.minor}").items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue  # a constraint for a package this environment does not need
+        if installed.split("+")[0] != pin:
+            wrong.append(f"{name} {installed} (requirements.txt: {pin})")
+    if wrong:
+        sys.exit("this environment is not the pinned one (make setup installs it):\n  " + "\n  ".join(wrong))
+
+
 def check_stubs_untouched() -> None:
     status = subprocess.run(["git", "status", "--porcelain", "--", "exercises"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -100,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     paths = [p.resolve() for p in args.notebooks] or sorted(NOTEBOOKS.glob("*.ipynb"))
     check_stubs_untouched()
+    check_pinned_environment()
     os.environ.update(ENV)
     os.environ.pop("LLM_COURSE_BACKEND", None)
     for path in paths:
