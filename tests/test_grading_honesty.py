@@ -39,6 +39,7 @@ def test_exercises_and_solutions_mirror_each_other():
 def test_solutions_score_everything(stage):
     report = run_tests(stage, "solutions")
     assert not report.problem, report.problem
+    assert report.complete, f"graded tests that crashed or did not report on solutions/: {report.notes} {report.exercises}"
     failed = [(t["nodeid"], t["message"]) for e in report.exercises for t in e.tests if t["outcome"] != "passed"]
     assert not failed, f"graded tests failing on solutions/: {failed}"
     assert report.score == report.total > 0
@@ -48,6 +49,7 @@ def test_solutions_score_everything(stage):
 def test_stubs_fail_every_test_because_not_implemented(stage):
     report = run_tests(stage, "exercises")
     assert not report.problem, report.problem
+    assert report.complete, f"graded tests that crashed or did not report on the stubs: {report.notes}"
     tests = [t for e in report.exercises for t in e.tests]
     assert tests, f"stage {stage}: no graded tests ran"
     wrong = [(t["nodeid"], t["outcome"], t["exc_type"]) for t in tests

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_course.grading.adapter import ENV_IMPL, NAMED_IMPLS, repo_root, resolve_impl
-from llm_course.grading.runner import ENV_TIMEOUT, STARTUP_TIMEOUT, ChildRun, default_timeout, group_killed_on_exit, run_pytest
+from llm_course.grading.runner import ENV_PARENT, ENV_TIMEOUT, STARTUP_TIMEOUT, ChildRun, default_timeout, group_killed_on_exit, run_pytest
 
 STAGE_NAMES = {
     0: "text to tokens, and how to measure",
@@ -165,7 +165,7 @@ def _start_collection(files: list[Path], args: list[str], tmp: Path) -> subproce
     cmd = [sys.executable, "-m", "pytest", "--collect-only", *map(str, files), *args,
            f"--llm-course-collect={tmp / 'collected.json'}"]  # fmt: skip
     out = open(tmp / "collect.log", "wb")
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **{ENV_PARENT: str(os.getpid())})
     try:
         return subprocess.Popen(cmd, cwd=repo_root(), env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -226,9 +226,10 @@ def _stack_location(output: str, root: Path) -> str:
 
 def _crash_excerpt(output: str, lines: int = 12) -> str:
     """The child's last words: the Python stack dump (without the lines in installed packages) or its output's tail."""
-    dump = re.search(r"^(Fatal Python error|Current thread 0x|Thread 0x).*", output, re.MULTILINE)
+    dump = re.search(r"Fatal Python error|Current thread 0x|Thread 0x", output)  # pytest's dots may precede it
     text = output[dump.start() :] if dump else _tail(output, lines)
-    kept = [ln for ln in text.splitlines() if ln.strip() and "site-packages" not in ln and "/lib/python3" not in ln]
+    noise = ("site-packages", "/lib/python3", "<frozen ")
+    kept = [ln for ln in text.splitlines() if ln.strip() and not any(n in ln for n in noise)]
     return "\n".join(kept[:lines])
 
 

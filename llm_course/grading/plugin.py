@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_course.grading.runner import ENV_CHANNEL
+from llm_course.grading.runner import ENV_CHANNEL, ENV_PARENT
 
 
 class _Channel:
@@ -66,6 +66,8 @@ def _die_with(grader_pid: int) -> None:
 
 _spec = os.environ.pop(ENV_CHANNEL, None)
 _channel = _Channel(_spec) if _spec else None
+if os.environ.get(ENV_PARENT):  # the grader's collection run: it too must not outlive the grader
+    _die_with(int(os.environ.pop(ENV_PARENT)))
 del _spec
 _results: dict[str, dict] = {}
 

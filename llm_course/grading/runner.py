@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_CHANNEL = "LLM_COURSE_GRADER_CHANNEL"  # "<report fd>,<token fd>,<grader pid>", read and removed by the plugin
+ENV_PARENT = "LLM_COURSE_GRADER_PARENT"  # the grader's pid, for its collection run (which gets no channel)
 ENV_TIMEOUT = "LLM_COURSE_GRADE_TIMEOUT"  # seconds a single test may run
 DEFAULT_TIMEOUT = 120.0
 STARTUP_TIMEOUT = 120.0  # seconds allowed outside any test (start-up, collection, session end)
