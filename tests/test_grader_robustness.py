@@ -228,3 +228,19 @@ def test_a_submission_cannot_write_its_own_grade(tmp_path, capsys):
     assert "0/7 points" in out and "Total: 0/7 points" in out, out
     assert "grader variables visible to the submission: []" in out, "the channel is gone from the environment"
     assert "exercise bpe_encode stopped the Python process" in out
+
+
+def test_an_error_in_a_kernel_shows_the_learners_line_through_the_grader(tmp_path, capsys):
+    """A misspelled tl. name in a kernel: the table shows add.py and its line, the whole message, and --verbose the inputs."""
+    sub = submission(tmp_path)
+    path = sub / "stage1_kernels" / "add.py"
+    source = path.read_text()
+    body = source.index("# BEGIN EXERCISE", source.index("@triton.jit"))
+    path.write_text(source[:body] + source[body:].replace("tl.arange(", "tl.arrange(", 1))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "tl.arrange(" in text)
+    assert main(["grade", "1", "--topic", "add", "--impl", str(sub), "--verbose"]) == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert f"your code raised AttributeError at stage1_kernels/add.py:{line} (`" in flat
+    assert "module 'triton.language' has no attribute 'arrange'" in flat and "InterpreterError" not in flat
+    assert "tests/exercises/test_stage1_1_add.py::test_" in out and "inputs: " in out
