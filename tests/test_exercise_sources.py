@@ -130,3 +130,23 @@ def test_generator_replaces_each_region_by_its_stub_lines():
 def test_generator_names_the_problem_and_the_line(source, message):
     with pytest.raises(SourceError, match=message.replace("(", r"\(")):
         stub_text(source, "solutions/x.py")
+
+
+# --- the given scaffolding ----------------------------------------------------------------------
+
+
+@needs_solutions
+@pytest.mark.parametrize("option", [dict(window=4), dict(key_padding_mask="mask"), dict(dropout_p=0.1)])
+def test_flash_attention_exercise_refuses_what_it_does_not_support(option):
+    """The exercises backend falls back to the course's kernel on NotImplementedError: it must come with a sentence."""
+    import torch
+
+    from llm_course.grading import load
+
+    mod = load("stage2_attention/flash_attention", "solutions")
+    q = k = v = torch.zeros(1, 2, 8, 16)
+    if "key_padding_mask" in option:
+        option = dict(key_padding_mask=torch.ones(1, 8, dtype=torch.bool))
+    name = next(iter(option))
+    with pytest.raises(NotImplementedError, match=f"{name} is not supported"):
+        mod.attention(q, k, v, **option)

@@ -13,9 +13,9 @@ rescale of the accumulator, an off-by-one causal mask, causal alignment when
 T < S, unmasked tails (T, S not multiples of the block), the wrong scale, a
 wrong lse, a backward without the delta term (recognised, and named, only when
 the gradient is wrong exactly the way that mistake makes it). Every input and
-output lies at the start of a larger buffer filled with a sentinel, so a load or
-store past the end stays in memory the test owns: a missing mask gives a wrong
-answer or a changed sentinel, never a crash.
+output lies inside a larger buffer filled with a sentinel, so a load or store
+past the end stays in memory the test owns; in the interpreter, memcheck names a
+stray load or store (which pointer, which program) before it happens.
 
 Block sizes are fixed (16) where a test depends on them, so that the lengths
 below straddle block edges.
@@ -28,13 +28,12 @@ import math
 import pytest
 import torch
 
-from llm_course.device import get_device, has_gpu
-from llm_course.grading.checks import assert_close
+from llm_course.device import get_device, has_gpu, is_interpreter
+from llm_course.grading.checks import assert_close, assert_guards_intact, guarded, guarded_empty, which_mistake
+from llm_course.grading.memcheck import memcheck, memcheck_status
 
 TOPIC = "stage2_attention/flash_attention"
 BLOCKS = dict(block_m=16, block_n=16)
-PAD = 64 * 64  # elements after each tensor: more than one block of rows can overrun
-SENTINEL = 999.0  # exact in float16 and float32
 
 forward_exercise = pytest.mark.exercise("flash_forward", stage=2, points=5, title="FlashAttention forward kernel")
 dkdv_exercise = pytest.mark.exercise("flash_backward_dkdv", stage=2, points=4, title="FlashAttention backward: dK, dV kernel")
@@ -51,27 +50,11 @@ def _qkv(rng, B, H, T, S, D, dtype=torch.float32, scale=1.0, Hkv=None):
             _rand(rng, B, Hkv, S, D, dtype=dtype))  # fmt: skip
 
 
-# --- guarded buffers ----------------------------------------------------------------------------
-
-
-def _guarded(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A contiguous copy of ``values`` at the start of a larger flat buffer of SENTINEL: (view, buffer)."""
-    n = values.numel()
-    buf = torch.full((n + PAD,), SENTINEL, dtype=values.dtype, device=values.device)
-    view = buf[:n].view(values.shape)
-    view.copy_(values)
-    return view, buf
-
-
-def _empty_guarded(shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """An output filled with SENTINEL (an element the kernel never writes stays 999) inside a guarded buffer."""
-    return _guarded(torch.full(shape, SENTINEL, dtype=dtype, device=device))
-
-
-def _check_guard(buf: torch.Tensor, view: torch.Tensor, name: str, mask_hint: str) -> None:
-    assert (buf[view.numel():] == SENTINEL).all(), (
-        f"Your kernel wrote past the end of `{name}` (shape {tuple(view.shape)}): is the store masked? {mask_hint}"
-    )
+@pytest.fixture(autouse=True)
+def _memcheck():
+    """In the interpreter: a load or store outside the kernel's tensors fails, named, before it happens."""
+    with memcheck(hint="mask the loads and stores of rows to < T and of keys to < S."):
+        yield
 
 
 # --- references ----------------------------------------------------------------------------------
@@ -122,17 +105,15 @@ def _grad_tol(dtype):
     return dict(atol=1e-2, rtol=1e-2) if has_gpu() else dict(atol=1e-4, rtol=1e-4)
 
 
-def _is_close(a, b, tol) -> bool:
-    return bool(torch.isfinite(a).all()) and torch.allclose(a.detach().double().cpu(), b, **tol)
-
-
 def _check_grad(name, got, ref, no_delta, hint, tol):
-    """``got`` against ``ref``; a gradient that matches the no-delta mistake instead gets its own sentence."""
-    if not _is_close(got, ref, tol) and _is_close(got, no_delta, tol):
-        raise AssertionError(
-            f"{name} is wrong the way it is when dS = P * dP without subtracting delta = rowsum(dO * O): "
-            "use ds = p * (dp - delta[:, None]), with the delta of each query row loaded next to its lse."
-        )
+    """``got`` against ``ref``; a gradient that looks like the no-delta mistake gets its own sentence."""
+    no_delta_sentence = (
+        f"{name} is wrong the way it is when dS = P * dP without subtracting delta = rowsum(dO * O): "
+        "use ds = p * (dp - delta[:, None]), with the delta of each query row loaded next to its lse."
+    )
+    mistake = which_mistake(got, ref, [(no_delta, no_delta_sentence)], **tol)
+    if mistake:
+        raise AssertionError(mistake)
     assert_close(got, ref, what=name, hint=hint, **tol)
 
 
@@ -149,13 +130,12 @@ def _tol(dtype):
 def _forward(mod, q, k, v, causal, scale=None):
     """The launcher, with guarded inputs and outputs."""
     B, H, T, D = q.shape
-    q, k, v = (_guarded(t)[0] for t in (q, k, v))
-    o, o_buf = _empty_guarded(q.shape, q.dtype, q.device)
-    lse, lse_buf = _empty_guarded((B, H, T), torch.float32, q.device)
+    q, k, v = (guarded(t, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
+    o = guarded_empty(q.shape, q.dtype, q.device, name="o")
+    lse = guarded_empty((B, H, T), torch.float32, q.device, name="lse")
     got_o, got_lse = mod.flash_attention_forward(q, k, v, causal=causal, scale=scale, o=o, lse=lse, **BLOCKS)
     assert got_o is o and got_lse is lse, "flash_attention_forward must return the o and lse it was given to fill."
-    _check_guard(o_buf, o, "o", "Mask the store of o to rows < T.")
-    _check_guard(lse_buf, lse, "lse", "Mask the store of lse to rows < T.")
+    assert_guards_intact(o, lse, q, k, v, hint="mask the stores of o and lse to rows < T.")
     return o, lse
 
 
@@ -258,19 +238,17 @@ def _backward_case_from(q, k, v, do, causal, scale=None):
     ref = _Backward(q, k, v, do, causal, scale)
     lse = ref.lse.to(device=q.device, dtype=torch.float32)
     delta = ref.delta.to(device=q.device, dtype=torch.float32)
-    inputs = tuple(_guarded(t)[0] for t in (q, k, v, do, lse, delta))
-    return inputs, ref
+    names = ("q", "k", "v", "do", "lse", "delta")
+    return tuple(guarded(t, name) for t, name in zip((q, k, v, do, lse, delta), names)), ref
 
 
 def _check_dkdv(mod, rng, B, H, T, S, D, causal, hint, scale=None, dtype=torch.float32, **blocks):
     (q, k, v, do, lse, delta), ref = _backward_case(rng, B, H, T, S, D, causal, scale, dtype)
-    dk, dk_buf = _empty_guarded(k.shape, dtype, k.device)
-    dv, dv_buf = _empty_guarded(v.shape, dtype, v.device)
+    dk = guarded_empty(k.shape, dtype, k.device, name="dk")
+    dv = guarded_empty(v.shape, dtype, v.device, name="dv")
     got = mod.flash_backward_dkdv(q, k, v, do, lse, delta, causal=causal, scale=scale, dk=dk, dv=dv, **(blocks or BLOCKS))
     assert isinstance(got, tuple) and len(got) == 2 and got[0] is dk and got[1] is dv, "flash_backward_dkdv must return the (dk, dv) it was given to fill."
-    mask_hint = "Mask the stores of dk and dv to keys < S."
-    _check_guard(dk_buf, dk, "dk", mask_hint)
-    _check_guard(dv_buf, dv, "dv", mask_hint)
+    assert_guards_intact(dk, dv, hint="mask the stores of dk and dv to keys < S.")
     tol = _grad_tol(dtype)
     assert_close(dv, ref.dv, what="dv", hint=hint, **tol)
     _check_grad("dk", dk, ref.dk, ref.dk_no_delta, hint, tol)
@@ -326,10 +304,10 @@ def test_dkdv_float16(impl, rng):
 
 def _check_dq(mod, rng, B, H, T, S, D, causal, hint, scale=None, dtype=torch.float32, **blocks):
     (q, k, v, do, lse, delta), ref = _backward_case(rng, B, H, T, S, D, causal, scale, dtype)
-    dq, dq_buf = _empty_guarded(q.shape, dtype, q.device)
+    dq = guarded_empty(q.shape, dtype, q.device, name="dq")
     got = mod.flash_backward_dq(q, k, v, do, lse, delta, causal=causal, scale=scale, dq=dq, **(blocks or BLOCKS))
     assert got is dq, "flash_backward_dq must return the dq it was given to fill."
-    _check_guard(dq_buf, dq, "dq", "Mask the store of dq to rows < T.")
+    assert_guards_intact(dq, hint="mask the store of dq to rows < T.")
     tol = _grad_tol(dtype)
     _check_grad("dq", dq, ref.dq, ref.dq_no_delta, hint, tol)
 
@@ -362,16 +340,20 @@ def test_dq_scale_and_float16(impl, rng):
 
 
 def _stores_stay_in_bounds(mod, q, k, v, do, causal):
-    """Run the three launchers into guarded outputs first: attention() allocates its own, where a stray store would crash."""
+    """Run the three launchers into guarded outputs first: attention() allocates its own, where a stray store would crash.
+
+    Not needed where memcheck stops a stray store before it happens (the interpreter).
+    """
+    if memcheck_status()[0] and is_interpreter():
+        return
     _forward(mod, q, k, v, causal)
     (q, k, v, do, lse, delta), _ = _backward_case_from(q, k, v, do, causal)
-    dk, dk_buf = _empty_guarded(k.shape, k.dtype, k.device)
-    dv, dv_buf = _empty_guarded(v.shape, v.dtype, v.device)
-    dq, dq_buf = _empty_guarded(q.shape, q.dtype, q.device)
+    dk = guarded_empty(k.shape, k.dtype, k.device, name="dk")
+    dv = guarded_empty(v.shape, v.dtype, v.device, name="dv")
+    dq = guarded_empty(q.shape, q.dtype, q.device, name="dq")
     mod.flash_backward_dkdv(q, k, v, do, lse, delta, causal=causal, dk=dk, dv=dv, **BLOCKS)
     mod.flash_backward_dq(q, k, v, do, lse, delta, causal=causal, dq=dq, **BLOCKS)
-    for buf, view, name in ((dk_buf, dk, "dk"), (dv_buf, dv, "dv"), (dq_buf, dq, "dq")):
-        _check_guard(buf, view, name, "Mask the stores of dk and dv to keys < S, and of dq to rows < T.")
+    assert_guards_intact(dk, dv, dq, hint="mask the stores of dk and dv to keys < S, and of dq to rows < T.")
 
 
 @dq_exercise
@@ -379,8 +361,8 @@ def _stores_stay_in_bounds(mod, q, k, v, do, causal):
 def test_attention_op_forward_and_every_gradient(impl, rng, causal, T, S):
     """Your three kernels together, through ``attention`` (ops.attention's signature), grouped-query heads included."""
     mod = impl.load(TOPIC)
-    q, k, v = _qkv(rng, 2, 4, T, S, 16, Hkv=2)
-    do = _rand(rng, 2, 4, T, 16)
+    q, k, v = _qkv(rng, 1, 4, T, S, 16, Hkv=2)
+    do = _rand(rng, 1, 4, T, 16)
     G = q.shape[1] // k.shape[1]
     _stores_stay_in_bounds(mod, q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), do, causal)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
