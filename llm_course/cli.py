@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check the environment")
     g = sub.add_parser("grade", help="grade exercises")
-    g.add_argument("stage", nargs="?", type=int, default=None)
+    g.add_argument("stage", nargs="?", type=int, default=None, help="the stage to grade (default: all)")
     g.add_argument("--impl", default=None, help="exercises (default), solutions, or a folder with that layout")
     g.add_argument("--topic", action="append", default=None, metavar="TOPIC",
                    help="only the exercises of tests/exercises/test_stageN_<k>_TOPIC.py (repeatable), e.g. --topic bpe")

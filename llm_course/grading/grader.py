@@ -43,7 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_course.grading.adapter import ENV_IMPL, NAMED_IMPLS, repo_root, resolve_impl
-from llm_course.grading.runner import ENV_PARENT, ENV_TIMEOUT, STARTUP_TIMEOUT, ChildRun, default_timeout, group_killed_on_exit, run_pytest
+from llm_course.grading.runner import (
+    ENV_PARENT,
+    ENV_TIMEOUT,
+    STARTUP_TIMEOUT,
+    ChildRun,
+    default_timeout,
+    group_killed_on_exit,
+    run_pytest,
+)
 
 STAGE_NAMES = {
     0: "text to tokens, and how to measure",
@@ -311,9 +319,9 @@ def run_tests(
         return GradeReport(impl_name, [], problem=str(exc))
     args = _pytest_args(impl_name if impl_name in NAMED_IMPLS else str(root), extra_args)
     with tempfile.TemporaryDirectory() as tmp:
-        collecting = _start_collection(files, args, Path(tmp))
+        collecting = _start_collection(files, args, Path(tmp))  # runs while the tests run
         with group_killed_on_exit(collecting):
-            runs = [run_pytest([*map(str, files), *args], cwd=repo_root(), timeout=limit)]
+            run = run_pytest([*map(str, files), *args], cwd=repo_root(), timeout=limit)
             try:
                 collected = _finish_collection(collecting, Path(tmp))
             except GradingError as exc:
@@ -323,19 +331,19 @@ def run_tests(
     broken: dict[str, str] = {}  # exercise -> the sentence of what stopped its tests
     notes: list[str] = []
     while True:
-        run = runs[-1]
         results.update({n: r for n, r in run.results.items() if n in by_id})  # only tests the grader collected
         stuck = run.stuck
-        if stuck is not None and stuck in by_id:
+        if stuck in by_id:  # the child died or was stopped in this test: name it, run the others again
             exercise = by_id[stuck]["exercise"]
             outcome, sentence = _stopped_sentence(run, stuck, exercise, root, limit)
-            results[stuck] = {"nodeid": stuck, "outcome": outcome, "exc_type": None, "message": sentence, "output": _crash_excerpt(run.output)}
+            results[stuck] = {"nodeid": stuck, "outcome": outcome, "exc_type": None, "message": sentence,
+                              "output": _crash_excerpt(run.output)}  # fmt: skip
             broken[exercise] = sentence
             remaining = [n for n in by_id if n not in results and by_id[n]["exercise"] not in broken]
             if remaining:
-                runs.append(run_pytest([*remaining, *args], cwd=repo_root(), timeout=limit))
+                run = run_pytest([*remaining, *args], cwd=repo_root(), timeout=limit)
                 continue
-        elif not run.finished:
+        elif not run.finished:  # it died outside any test
             if not results and not run.started:
                 problem = f"the tests could not run (pytest exit {run.returncode}):\n{_tail(run.output)}"
                 return GradeReport(impl_name, [], problem=problem, seconds=time.monotonic() - start)
@@ -343,16 +351,15 @@ def run_tests(
             last = run.started[-1].split("::")[-1] if run.started else "start-up"
             notes.append(f"the test process {what} outside any test, after {last}; the tests it had not run count as failed")
         break
-    report = GradeReport(impl_name, _exercises(collected, results, broken), notes=notes)
-    report.seconds = time.monotonic() - start
-    return report
+    return GradeReport(impl_name, _exercises(collected, results, broken), notes=notes, seconds=time.monotonic() - start)
 
 
 def _exercises(collected: list[dict], results: dict[str, dict], broken: dict[str, str]) -> list[ExerciseResult]:
     """One result per exercise, in the order the tests were collected; a test with no result failed."""
     exercises: dict[str, ExerciseResult] = {}
     for t in collected:
-        ex = exercises.setdefault(t["exercise"], ExerciseResult(t["exercise"], t["stage"], t["title"], 0, True, "", status="passed"))
+        new = ExerciseResult(t["exercise"], t["stage"], t["title"], 0, True, "", status="passed")
+        ex = exercises.setdefault(t["exercise"], new)
         ex.points = max(ex.points, t["points"])
         ex.title = ex.title or t["title"]
         rec = results.get(t["nodeid"]) or {
