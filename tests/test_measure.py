@@ -364,3 +364,14 @@ def test_format_flops():
     assert format_flops(0.0272) == "27.2 GFLOP/s"
     assert format_flops(2.214e-05) == "22.1 MFLOP/s"
     assert format_si(float("inf"), "B/s") == "inf B/s" and format_si(-3.2e9, "B/s") == "-3.2 GB/s"
+
+
+def test_wall_time_counts_every_call():
+    from llm_course.measure.timer import wall_time
+
+    calls = []
+    ms = wall_time(lambda: calls.append(time.sleep(0.002)), warmup=2, reps=5)
+    assert len(calls) == 7
+    assert ms >= 2.0  # each timed call sleeps 2 ms: the wall time per call cannot be less
+    with pytest.raises(ValueError, match="reps"):
+        wall_time(lambda: None, warmup=0, reps=0)

@@ -32,7 +32,8 @@ import torch
 from llm_course import paths
 from llm_course.device import is_gpu
 from llm_course.measure.roofline import Ceilings, RooflinePoint, plot_roofline
-from llm_course.measure.timer import Timing, benchmark
+from llm_course.device import synchronize as device_synchronize
+from llm_course.measure.timer import Timing, benchmark, wall_time
 from llm_course.measure.units import format_bandwidth, format_flops
 
 
@@ -55,6 +56,7 @@ class BenchRow:
     frac_bandwidth: float = math.nan  # gbs / the copy bandwidth measured in the same run
     frac_compute: float = math.nan  # tflops / the matmul ceiling measured in the same run
     vs_torch: float = math.nan  # torch eager's time / this time at the same op and size (>1: faster)
+    wall_ms: float = math.nan  # wall time per call in a back-to-back loop, host work included (GPU only)
     error: str = ""  # why there is no time, when there is none
 
     @property
@@ -101,7 +103,14 @@ def free_memory() -> None:
 
 
 def measure(
-    row: BenchRow, fn: Callable[[], Any], *, warmup: int, reps: int, device: torch.device, ceilings: Ceilings | None = None
+    row: BenchRow,
+    fn: Callable[[], Any],
+    *,
+    warmup: int,
+    reps: int,
+    device: torch.device,
+    ceilings: Ceilings | None = None,
+    wall_fn: Callable[[], Any] | None = None,
 ) -> BenchRow:
     """Time ``fn()`` into ``row``; an exception is recorded in ``row.error`` instead of stopping the run.
 
@@ -109,6 +118,9 @@ def measure(
     does), so every call reads its inputs from memory, and the GPU then waits about a
     millisecond, long enough for the host to queue the whole call: the times are the
     kernels' own, without Python's launch overhead (``llm_course.measure.timer._flusher``).
+    On a GPU ``row.wall_ms`` is also set: the wall time per call of back-to-back calls of
+    ``wall_fn`` (default ``fn``; say, the same op called through ``llm_course.ops``), which
+    is what a model or a training loop pays (``llm_course.measure.timer.wall_time``).
     """
     try:
         t: Timing = benchmark(fn, warmup=warmup, reps=reps, device=device, flush_cache=is_gpu(device))
@@ -117,6 +129,8 @@ def measure(
         free_memory()
         return row
     row.ms, row.min_ms = t.median_ms, t.min_ms
+    if is_gpu(device):  # what a loop of calls pays, host work included (the time above is the GPU's alone)
+        row.wall_ms = wall_time(wall_fn or fn, warmup=1, reps=reps, synchronize=lambda: device_synchronize(device))
     seconds = t.median_ms / 1e3
     row.gbs = row.bytes / seconds / 1e9 if row.bytes else math.nan
     row.tflops = row.flops / seconds / 1e12 if row.flops else math.nan
@@ -212,7 +226,7 @@ def ceilings_from_meta(meta: dict) -> Ceilings | None:
 
 def format_table(rows: Sequence[BenchRow]) -> str:
     """A fixed-width table: one line per row, the headline number and the fractions."""
-    head = f"{'op':<20} {'size':<12} {'impl':<14} {'ms':>9} {'speed':>17} {'of ceiling':>10} {'vs torch':>8}"
+    head = f"{'op':<20} {'size':<12} {'impl':<14} {'ms':>9} {'speed':>17} {'of ceiling':>10} {'vs torch':>8} {'wall ms':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         if not r.ok:
@@ -222,7 +236,8 @@ def format_table(rows: Sequence[BenchRow]) -> str:
         frac_s = f"{100 * frac:.0f}%" if math.isfinite(frac) else "-"
         vs = f"{r.vs_torch:.2f}x" if math.isfinite(r.vs_torch) else "-"
         speed = format_bandwidth(r.gbs) if r.metric == "GB/s" else format_flops(r.tflops)  # 3 digits, never 0.0
-        lines.append(f"{r.op:<20} {r.size:<12} {r.impl:<14} {r.ms:>9.4g} {speed:>17} {frac_s:>10} {vs:>8}")
+        wall = f"{r.wall_ms:.4g}" if math.isfinite(r.wall_ms) else "-"
+        lines.append(f"{r.op:<20} {r.size:<12} {r.impl:<14} {r.ms:>9.4g} {speed:>17} {frac_s:>10} {vs:>8} {wall:>9}")
     return "\n".join(lines)
 
 

@@ -145,6 +145,29 @@ def host_times(
     return times
 
 
+def wall_time(
+    fn: Callable[[], Any], *, warmup: int, reps: int, synchronize: Callable[[], None] = lambda: None
+) -> float:
+    """Wall time (ms) per call of ``reps`` back-to-back calls of ``fn()``: what a loop pays.
+
+    The device is drained before the first call and after the last one, and
+    nothing in between: the host queues call after call as a training loop does.
+    When the host's work per call (argument checks, autograd, kernel launches)
+    is less than the device's, the calls overlap it and this is the device time;
+    when it is more, the host sets the pace and this time is larger.
+    """
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    synchronize()
+    return (time.perf_counter() - t0) * 1e3 / reps
+
+
 def _flusher(device: torch.device) -> Callable[[], Any]:
     """What ``flush_cache=True`` runs before each timed call.
 
