@@ -127,11 +127,11 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
         else:
             v = tl.load(v_ptrs)
         acc = acc * alpha[:, None]
-        if MASKED:
+        if MASKED and (CAUSAL or HAS_WINDOW):
             # Some rows see a key that others cannot (causal diagonal, window edge). A NaN or
             # inf in its value would reach those others through the dot (0 * NaN = NaN), so the
             # dot gets finite values only, and the rows that do see a non-finite value get NaN.
-            v_ok = tl.abs(v.to(tl.float32)) < float("inf")  # (BLOCK_N, D): False for NaN and +-inf
+            v_ok = tl.abs(v) < float("inf")  # (BLOCK_N, D), in v's dtype: False for NaN and +-inf
             v_bad = tl.max(tl.where(v_ok, 0, 1), 1)  # (BLOCK_N,): 1 for a key with a non-finite value
             sees_bad = tl.max(tl.where(keep & (v_bad[None, :] > 0), 1, 0), 1)  # (BLOCK_M,)
             acc = tl.where(sees_bad[:, None] > 0, float("nan"), acc)
