@@ -20,7 +20,7 @@ SANITIZE := tests/notebooks
 NBVAL  := TQDM_DISABLE=1 $(BIN)/python -m pytest notebooks --nbval --nbval-current-env -p no:xdist \
           --nbval-cell-timeout=600
 
-.PHONY: lab test test-unit test-notebooks notebooks grade setup doctor clean
+.PHONY: lab test test-unit test-notebooks notebooks exercises grade setup doctor clean
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=. $(FIRST_NOTEBOOK) $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -46,6 +46,11 @@ test-notebooks: $(STAMP)
 # course's maintainers, after changing a notebook or what it prints). NOTEBOOKS=... picks some.
 notebooks: $(STAMP)
 	$(BIN)/python tests/notebooks/execute.py $(NOTEBOOKS)
+
+# Make the exercise stubs in exercises/ from solutions/ (each solution marks the learner's part
+# with BEGIN/END EXERCISE; tests/test_exercise_sources.py fails when the two disagree).
+exercises: $(STAMP)
+	$(BIN)/python -m llm_course.grading.exercise_source --write
 
 grade: $(STAMP)
 	$(BIN)/llm-course grade
