@@ -132,10 +132,11 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
             # inf in its value would reach those others through the dot (0 * NaN = NaN), so the
             # dot gets finite values only, and the rows that do see a non-finite value get NaN.
             v_ok = tl.abs(v) < float("inf")  # (BLOCK_N, D), in v's dtype: False for NaN and +-inf
-            v_bad = tl.max(tl.where(v_ok, 0, 1), 1)  # (BLOCK_N,): 1 for a key with a non-finite value
-            sees_bad = tl.max(tl.where(keep & (v_bad[None, :] > 0), 1, 0), 1)  # (BLOCK_M,)
-            acc = tl.where(sees_bad[:, None] > 0, float("nan"), acc)
-            v = tl.where(v_ok, v, 0.0).to(v.dtype)
+            if tl.min(v_ok.to(tl.int32)) == 0:  # rare: only then the per-row work
+                v_bad = tl.max(tl.where(v_ok, 0, 1), 1)  # (BLOCK_N,): 1 for a key with a non-finite value
+                sees_bad = tl.max(tl.where(keep & (v_bad[None, :] > 0), 1, 0), 1)  # (BLOCK_M,)
+                acc = tl.where(sees_bad[:, None] > 0, float("nan"), acc)
+                v = tl.where(v_ok, v, 0.0).to(v.dtype)
         acc = tl.dot(p.to(v.dtype), v, acc)  # P in the input dtype, accumulated in fp32
         m_i = m_new
         k_ptrs += BLOCK_N * stride_ks
