@@ -4,8 +4,12 @@
     llm-course grade [STAGE] [--impl X] [--topic T]... [--verbose] [--timeout S] [--strict]
                                           grade the exercises of a stage (or all)
     llm-course progress [--impl X]        points per stage
-    llm-course bench kernels|layers       benchmarks (stage 1 and 2), CSV and charts
+    llm-course bench kernels|layers|model benchmarks (stages 1-3), CSV and charts
     llm-course build-tokenizer            rebuild the course's default tokenizer
+    llm-course download gpt2|qwen2-0.5b [--dir DIR]
+                                          fetch pretrained weights from the Hugging Face Hub
+    llm-course generate --model M --prompt TEXT [--greedy --chat ...]
+                                          generate text, printed as it comes
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ BENCHES = {
     "kernels": "llm_course.bench.kernels",
     "layers": "llm_course.bench.layers",
     "attention": "llm_course.bench.attention",
+    "decode": "llm_course.bench.decode",
+    "model": "llm_course.bench.model",
 }
 
 
@@ -84,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("what", choices=sorted(BENCHES))
     t = sub.add_parser("build-tokenizer", help="rebuild configs/tokenizer from the default corpus")
     t.add_argument("--vocab-size", type=int, default=None)
+    from llm_course.models import download as download_cmd
+
+    d = sub.add_parser("download", help="fetch pretrained weights (gpt2, qwen2-0.5b) from the Hugging Face Hub")
+    download_cmd.add_arguments(d)
+    from llm_course.generation import cli as generate_cmd
+
+    gen = sub.add_parser("generate", help="generate text from a model folder, a downloaded model or a config")
+    generate_cmd.add_arguments(gen)
     args, rest = parser.parse_known_args(argv)
     if args.command != "bench" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -101,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         from llm_course.tokenizer.build_default import main as build
 
         return build(["--vocab-size", str(args.vocab_size)] if args.vocab_size else [])
+    if args.command == "download":
+        return download_cmd.run(args)
+    if args.command == "generate":
+        return generate_cmd.run(args)
     return 2
 
 

@@ -96,6 +96,33 @@ def attention(
     """
 
 
+@op(
+    torch="decode_attention:decode_attention",
+    triton="decode_attention:decode_attention",
+    exercise="stage3_models/decode_attention:decode_attention",
+    check=checks.decode_attention,
+)
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    scale: float | None = None,
+    window: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One decode step's attention: one query per head against a preallocated KV cache.
+
+    q (B, Hq, 1, D); k_cache, v_cache (B, Hkv, S_max, D) with Hkv dividing Hq;
+    cache_seqlens (B,) int32 or int64 on q's device -> (B, Hq, 1, D). Row b sees the
+    slots j < cache_seqlens[b]; ``window`` keeps only j >= cache_seqlens[b] - window;
+    ``key_padding_mask`` (B, S_max) is True where a slot holds a real token. Unseen
+    slots never affect the output (even holding NaN); a row that sees no slot gives 0.
+    The lengths are never read on the host, so a decode step can be captured in a CUDA graph.
+    """
+
+
 # --- stage 3: what the models need besides ---------------------------------------------------
 
 

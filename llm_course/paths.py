@@ -8,6 +8,7 @@
     paths.runs_dir()            # runs/         where training runs write logs   (default)
     paths.checkpoints_dir()     # checkpoints/  where weights are saved          (default)
     paths.bench_dir()           # bench_out/    where benchmarks write CSV and charts (default)
+    paths.weights_dir()         # weights/      downloaded Hugging Face models (default)
 
 Each one can be moved with an environment variable, and the output folders
 also by an argument (a script's ``--out``, say), which wins over both:
@@ -18,6 +19,7 @@ also by an argument (a script's ``--out``, say), which wins over both:
     LLM_COURSE_RUNS_DIR         runs/
     LLM_COURSE_CHECKPOINTS_DIR  checkpoints/
     LLM_COURSE_BENCH_DIR        bench_out/
+    LLM_COURSE_WEIGHTS_DIR      weights/
 
 The repository is found from this file: the first folder above it that holds
 ``pyproject.toml`` and ``configs/`` (a clone, installed with ``pip install -e .``).
@@ -39,6 +41,7 @@ ENV_DATA = "LLM_COURSE_DATA_DIR"
 ENV_RUNS = "LLM_COURSE_RUNS_DIR"
 ENV_CHECKPOINTS = "LLM_COURSE_CHECKPOINTS_DIR"
 ENV_BENCH = "LLM_COURSE_BENCH_DIR"
+ENV_WEIGHTS = "LLM_COURSE_WEIGHTS_DIR"
 
 PathLike = str | os.PathLike
 
@@ -106,3 +109,8 @@ def checkpoints_dir(override: PathLike | None = None) -> Path:
 def bench_dir(override: PathLike | None = None) -> Path:
     """Where benchmarks write CSV, metadata and charts: ``override``, $LLM_COURSE_BENCH_DIR, else ``bench_out/``."""
     return _output(ENV_BENCH, "bench_out", override)
+
+
+def weights_dir(override: PathLike | None = None) -> Path:
+    """Where ``llm-course download`` puts Hugging Face models: ``override``, $LLM_COURSE_WEIGHTS_DIR, else ``weights/``."""
+    return _output(ENV_WEIGHTS, "weights", override)

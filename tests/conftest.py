@@ -21,6 +21,13 @@ from llm_course.device import configure_triton, has_gpu
 
 configure_triton()  # before any test module imports a kernel module
 
+# Under pytest-xdist (`-n N`), N workers share the cores: give each its share of torch's
+# threads, or they fight over the cores and tiny ops get hundreds of times slower.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def pytest_addoption(parser):
     parser.addoption(

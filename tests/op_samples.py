@@ -36,6 +36,11 @@ SAMPLES = {
         (_randn(1, 2, 16, 16).to(dev), _randn(1, 2, 16, 16, seed=1).to(dev), _randn(1, 2, 16, 16, seed=2).to(dev)),
         {"causal": True},
     ),
+    "decode_attention": lambda dev: (
+        (_randn(2, 4, 1, 16).to(dev), _randn(2, 2, 24, 16, seed=1).to(dev), _randn(2, 2, 24, 16, seed=2).to(dev),
+         torch.tensor([19, 7], dtype=torch.int32).to(dev)),
+        {},
+    ),
     "embedding": lambda dev: ((torch.tensor([[0, 3, 3], [9, 1, 0]]).to(dev), _randn(10, 24).to(dev)), {}),
     "gelu_tanh": lambda dev: ((_randn(3, 40).to(dev),), {}),
     "silu_mul": lambda dev: ((_randn(3, 40).to(dev), _randn(3, 40, seed=1).to(dev)), {}),

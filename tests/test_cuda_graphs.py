@@ -57,3 +57,45 @@ def test_op_forward_and_backward_replay_from_a_cuda_graph(name):
         expected = step()
     for got, want in zip(captured, expected):
         torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("num_kv_heads", [2, 4])
+def test_decode_attention_replays_while_the_lengths_advance(num_kv_heads):
+    """A decode step captured once (forward only, the Triton kernels): each replay reads ``cache_seqlens``
+    from the device, where the step itself advances it, so one graph serves every step of a generation."""
+    from llm_course import ops
+
+    dev = torch.device("cuda")
+    B, Hq, S, D = 2, 28 if num_kv_heads == 4 else 14, 8192, 128
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, Hq, 1, D, generator=g, device=dev, dtype=torch.bfloat16)
+    k, v = (torch.randn(B, num_kv_heads, S, D, generator=g, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    start = torch.tensor([100, 5000], dtype=torch.int32, device=dev)
+    lengths = start.clone()
+    mask = torch.ones(B, S, dtype=torch.bool, device=dev)
+    mask[0, :40] = False  # left padding in row 0
+
+    def step():
+        out = ops.decode_attention(q, k, v, lengths, window=4096, key_padding_mask=mask)
+        lengths.add_(1)  # the next step sees one more slot, without the host
+        return out
+
+    with use_backend("triton"), torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compile and tune outside the capture
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        lengths.copy_(start)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        lengths.copy_(start)  # capturing ran nothing: start again
+        for i in range(3):
+            q.copy_(torch.randn(q.shape, generator=g, device=dev, dtype=q.dtype))
+            graph.replay()
+            torch.cuda.synchronize()
+            expected = ops.decode_attention(q, k, v, start + i, window=4096, key_padding_mask=mask)
+            torch.testing.assert_close(captured, expected, atol=1e-2, rtol=1e-2)
+        assert torch.equal(lengths, start + 3)

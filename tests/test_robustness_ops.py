@@ -59,6 +59,14 @@ def _qkv(B=1, H=2, T=16, S=16, D=16, dtypes=(torch.float32,) * 3):
     return tuple(_r(B, H, n, D, dtype=dt, seed=i) for i, (n, dt) in enumerate(zip((T, S, S), dtypes)))
 
 
+def _decode(B=2, Hq=4, Hkv=2, S=24, D=16, dtypes=(torch.float32,) * 3, seqlens=None):
+    """q (B, Hq, 1, D), k_cache and v_cache (B, Hkv, S, D), cache_seqlens (B,) int32: ops.decode_attention's arguments."""
+    q = _r(B, Hq, 1, D, dtype=dtypes[0])
+    k, v = (_r(B, Hkv, S, D, dtype=dt, seed=i + 1) for i, dt in enumerate(dtypes[1:]))
+    lengths = torch.tensor(seqlens if seqlens is not None else [min(S, 3 + 5 * b) for b in range(B)], dtype=torch.int32)
+    return q, k, v, lengths.to(_dev())
+
+
 # --- 1. bad input: (op, case, args builder, error type, message pattern) ---------------------------
 #
 # The pattern starts with the op's name and names the argument; both backends must raise
@@ -114,6 +122,19 @@ BAD = [
     ("attention", "scale NaN", lambda: (_qkv(), {"scale": float("nan")}), ValueError, r"^attention: scale must be a positive number"),
     ("attention", "window 0", lambda: (_qkv(), {"window": 0}), ValueError, r"^attention: window must be a positive int"),
     ("attention", "kv heads", lambda: ((_r(1, 3, 16, 16), *_qkv()[1:]), {}), ValueError, r"^attention: the number of kv heads \(2\) must divide"),
+    ("decode_attention", "int q", lambda: ((_ints(2, 4, 1, 16), *_decode()[1:]), {}), TypeError, r"^decode_attention: q has dtype int64"),
+    ("decode_attention", "mixed dtypes", lambda: (_decode(dtypes=(torch.float32, torch.float16, torch.float32)), {}), TypeError, r"^decode_attention: inputs have different dtypes \(q float32, k_cache float16, v_cache float32\)"),
+    ("decode_attention", "meta v_cache", lambda: ((*_decode()[:2], _meta(2, 2, 24, 16), _decode()[3]), {}), ValueError, r"^decode_attention: v_cache is on the meta device"),
+    ("decode_attention", "two queries", lambda: ((_r(2, 4, 2, 16), *_decode()[1:]), {}), ValueError, r"^decode_attention: q must hold one query per head, \(B, Hq, 1, D\)"),
+    ("decode_attention", "float seqlens", lambda: ((*_decode()[:3], _r(2)), {}), ValueError, r"^decode_attention: cache_seqlens must be an int32 or int64 tensor of shape \(B,\) = \(2,\), got float32"),
+    ("decode_attention", "seqlens (B, 1)", lambda: ((*_decode()[:3], _ints(2, 1)), {}), ValueError, r"^decode_attention: cache_seqlens must be an int32 or int64 tensor of shape \(B,\)"),
+    ("decode_attention", "seqlens not a tensor", lambda: ((*_decode()[:3], [3, 4]), {}), TypeError, r"^decode_attention: cache_seqlens must be a torch.Tensor"),
+    ("decode_attention", "kv heads", lambda: ((_r(2, 3, 1, 16), *_decode()[1:]), {}), ValueError, r"^decode_attention: the number of kv heads \(2\) must divide"),
+    ("decode_attention", "k, v shapes", lambda: ((*_decode()[:2], _r(2, 2, 20, 16), _decode()[3]), {}), ValueError, r"^decode_attention: k_cache and v_cache must have the same shape"),
+    ("decode_attention", "head sizes", lambda: ((_r(2, 4, 1, 8), *_decode()[1:]), {}), ValueError, r"^decode_attention: q \(2, 4, 1, 8\) and k_cache \(2, 2, 24, 16\) must agree"),
+    ("decode_attention", "window 0", lambda: (_decode(), {"window": 0}), ValueError, r"^decode_attention: window must be a positive int"),
+    ("decode_attention", "scale < 0", lambda: (_decode(), {"scale": -1.0}), ValueError, r"^decode_attention: scale must be a positive number"),
+    ("decode_attention", "mask (1, S)", lambda: (_decode(), {"key_padding_mask": torch.ones(1, 24, dtype=torch.bool, device=_dev())}), ValueError, r"^decode_attention: key_padding_mask must be a bool tensor of shape \(B, S_max\) = \(2, 24\)"),
     ("gelu_tanh", "int x", lambda: ((_ints(2, 3),), {}), TypeError, r"^gelu_tanh: x has dtype int64"),
     ("gelu_tanh", "meta x", lambda: ((_meta(2, 3),), {}), ValueError, r"^gelu_tanh: x is on the meta device"),
     ("silu_mul", "int up", lambda: ((_r(2, 3), _ints(2, 3)), {}), TypeError, r"^silu_mul: up has dtype int64"),
@@ -166,6 +187,9 @@ EMPTY = [
     ("attention", "S = 0 causal", lambda: (_qkv(T=3, S=0), {}), (1, 2, 3, 16)),
     ("attention", "T = 0", lambda: (_qkv(T=0, S=5), {}), (1, 2, 0, 16)),
     ("attention", "B = 0", lambda: (_qkv(B=0), {}), (0, 2, 16, 16)),
+    ("decode_attention", "S_max = 0", lambda: (_decode(S=0, seqlens=[0, 0]), {}), (2, 4, 1, 16)),
+    ("decode_attention", "no slot filled", lambda: (_decode(seqlens=[0, 0]), {"window": 4}), (2, 4, 1, 16)),
+    ("decode_attention", "B = 0", lambda: (_decode(B=0), {}), (0, 4, 1, 16)),
     ("gelu_tanh", "no elements", lambda: ((_r(0, 3),), {}), (0, 3)),
     ("silu_mul", "no elements", lambda: ((_r(4, 0), _r(4, 0)), {}), (4, 0)),
     ("embedding", "no ids", lambda: ((torch.zeros(0, dtype=torch.long, device=_dev()), _r(5, 4)), {}), (0, 4)),

@@ -233,6 +233,51 @@ def attention(
         raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {dropout_p!r}")
 
 
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    scale: float | None = None,
+    window: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+) -> None:
+    """Shapes, kinds and options only: the values of ``cache_seqlens`` live on the device and are not read
+    here (reading them would wait for the GPU; a length past S_max counts as S_max, one below 0 as 0)."""
+    op = "decode_attention"
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        require_tensor(op, name, t, ndim=4)
+    require_tensor(op, "cache_seqlens", cache_seqlens)
+    require_device(op, q=q, k_cache=k_cache, v_cache=v_cache, cache_seqlens=cache_seqlens)
+    require_floating(op, q=q, k_cache=k_cache, v_cache=v_cache)
+    require_same_dtype(op, q=q, k_cache=k_cache, v_cache=v_cache)
+    B, Hq, T, D = q.shape
+    Bk, Hkv, S, Dk = k_cache.shape
+    if T != 1:
+        raise ValueError(f"{op}: q must hold one query per head, (B, Hq, 1, D), got shape {tuple(q.shape)} (use ops.attention for several)")
+    if Bk != B or Dk != D:
+        raise ValueError(f"{op}: q {tuple(q.shape)} and k_cache {tuple(k_cache.shape)} must agree on batch and head size "
+                         "(q is (B, Hq, 1, D), the caches (B, Hkv, S_max, D))")  # fmt: skip
+    if tuple(v_cache.shape) != tuple(k_cache.shape):
+        raise ValueError(f"{op}: k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"{op}: the number of kv heads ({Hkv}) must divide the number of query heads ({Hq})")
+    if cache_seqlens.dtype not in (torch.int32, torch.int64) or tuple(cache_seqlens.shape) != (B,):
+        raise ValueError(f"{op}: cache_seqlens must be an int32 or int64 tensor of shape (B,) = ({B},), "
+                         f"got {_dtype_name(cache_seqlens.dtype)} {tuple(cache_seqlens.shape)}")  # fmt: skip
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"{op}: scale must be a positive number or None, got {scale!r}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"{op}: window must be a positive int or None, got {window!r}")
+    if key_padding_mask is not None:
+        m = key_padding_mask
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (B, S):
+            got = f"{_dtype_name(m.dtype)} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape (B, S_max) = ({B}, {S}), got {got}")
+        require_device(op, q=q, key_padding_mask=m)
+
+
 def gelu_tanh(x: torch.Tensor) -> None:
     require_tensor("gelu_tanh", "x", x)
     require_device("gelu_tanh", x=x)

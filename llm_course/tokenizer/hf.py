@@ -21,8 +21,8 @@ Special tokens (ids 0, 1, 2, before everything the trainer learns):
 * ``<|im_start|>``, ``<|im_end|>`` -- around each message of a chat (ChatML, as
   in Qwen2): ``<|im_start|>user\\nhi<|im_end|>\\n``.
 
-The chat template is stored in ``tokenizer_config.json`` as the Jinja string
-Hugging Face ``transformers`` uses; :meth:`CourseTokenizer.apply_chat_template`
+The chat template is stored in ``tokenizer_config.json`` and in ``chat_template.jinja``
+as the Jinja string Hugging Face ``transformers`` uses; :meth:`CourseTokenizer.apply_chat_template`
 produces the same text in plain Python (the tests check that they agree).
 
 :func:`load_tokenizer` checks the files it loads (valid JSON, a byte-level BPE,
@@ -57,6 +57,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # the same template, as its own file (transformers saves it so, and reads it first)
 
 DEFAULT_DIR = paths.configs_dir() / "tokenizer"  # the course's default tokenizer ($LLM_COURSE_CONFIGS_DIR moves it)
 
@@ -123,6 +125,7 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | os.PathLike, special_tokens: l
     with open(out / "tokenizer_config.json", "w", encoding="utf-8") as f:
         json.dump(tokenizer_config(tok, special_tokens), f, indent=2, ensure_ascii=False)
         f.write("\n")
+    (out / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE, encoding="utf-8")  # also a file, as transformers saves it
     return out
 
 
@@ -339,6 +342,8 @@ def load_tokenizer(path: str | os.PathLike | None = None) -> CourseTokenizer:
     tok = check_tokenizer_file(file, default)
     config_path = folder / "tokenizer_config.json"
     config = _read_json(config_path, default) if config_path.is_file() else tokenizer_config(tok)
+    if (folder / CHAT_TEMPLATE_FILE).is_file():  # the template as a file wins, as in transformers
+        config["chat_template"] = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
     if not isinstance(config.get("eos_token"), str) or tok.token_to_id(config["eos_token"]) is None:
         problem = f"its eos_token {config.get('eos_token')!r} is not a token of tokenizer.json"
         raise _broken(config_path, problem, default)

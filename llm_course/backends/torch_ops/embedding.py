@@ -28,8 +28,10 @@ def check_ids(op: str, ids: torch.Tensor, num_rows: int) -> None:
         raise TypeError(f"{op}: ids must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype not in INDEX_DTYPES:
         raise TypeError(f"{op}: ids must be int64 or int32, got {str(ids.dtype).removeprefix('torch.')}")
-    if ids.numel() and not (ids.is_cuda and torch.cuda.is_current_stream_capturing()):
-        # (Inside a CUDA graph capture the host cannot look at values: the check is left out there.)
+    capturing = ids.is_cuda and torch.cuda.is_current_stream_capturing()
+    if ids.numel() and not capturing and not torch.compiler.is_compiling():
+        # (Inside a CUDA graph capture, or while torch.compile traces, the host cannot look at
+        # values: the check is left out there.)
         lo, hi = torch.aminmax(ids)
         lo, hi = int(lo), int(hi)  # one synchronisation with the device: a wrong id must not read past the table
         if lo < 0 or hi >= num_rows:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from llm_course import ops
+from llm_course.models.components.attention.cached import cached_attention, check_static_cache
 from llm_course.models.components.checks import check_hidden_states, positive_int, probability
 from llm_course.models.components.embeddings.rotary import RotaryEmbedding, check_rope_arguments, deinterleave
 from llm_course.models.components.linear import Linear
@@ -66,6 +67,9 @@ class GroupedQueryAttention(nn.Module):
     * ``use_cache=True`` returns ``(out, (k, v))`` with all S keys and values.
     * ``position_embeddings``: (cos, sin) already computed for ``position_ids``
       (a model computes them once for all its layers).
+    * ``kv_cache``: this layer's slot in a static cache (``KVCache.layers[i]``, see
+      ``llm_course/models/kv_cache.py``), written in place; ``position_ids`` (or
+      ``position_embeddings``) are then required, and the padding is the cache's.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class GroupedQueryAttention(nn.Module):
         past_key_value: KVCache | None = None,
         use_cache: bool = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_cache=None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         check_hidden_states("GroupedQueryAttention", x, self.hidden_size)
         B, T, _ = x.shape
@@ -136,6 +141,11 @@ class GroupedQueryAttention(nn.Module):
         k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
 
+        if kv_cache is not None:
+            check_static_cache("GroupedQueryAttention", True, key_padding_mask, past_key_value, use_cache)
+            if position_ids is None and position_embeddings is None:
+                raise ValueError("GroupedQueryAttention: with a kv_cache, pass position_ids (from cache.begin(T, "
+                                 "attention_mask)) or position_embeddings")  # fmt: skip
         if position_embeddings is None:
             if position_ids is None:
                 position_ids = torch.arange(past, past + T, device=x.device)  # (T,)
@@ -146,6 +156,9 @@ class GroupedQueryAttention(nn.Module):
         q = ops.apply_rope(q, cos, sin)  # (B, Hq, T, D)
         k = ops.apply_rope(k, cos, sin)  # (B, Hkv, T, D)
 
+        if kv_cache is not None:  # a static cache: keys go in already rotated
+            y = cached_attention(q, k, v, kv_cache, window=self.sliding_window)  # (B, Hq, T, D)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, Hq * D))
         if past_key_value is not None:
             k = torch.cat((past_key_value[0], k), dim=2)  # (B, Hkv, S, D), S = past + T
             v = torch.cat((past_key_value[1], v), dim=2)

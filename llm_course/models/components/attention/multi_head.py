@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from llm_course import ops
+from llm_course.models.components.attention.cached import cached_attention, check_static_cache
 from llm_course.models.components.checks import check_hidden_states, positive_int, probability
 from llm_course.models.components.linear import Linear
 
@@ -46,6 +47,9 @@ class MultiHeadAttention(nn.Module):
       new keys and values are appended to them.
     * ``use_cache=True`` returns ``(out, (k, v))`` with all S_past + T keys and
       values, to feed back as ``past_key_value`` next step; otherwise just ``out``.
+    * ``kv_cache``: this layer's slot in a static cache (``KVCache.layers[i]``, see
+      ``llm_course/models/kv_cache.py``), written in place; the padding is then the
+      cache's, so ``key_padding_mask`` and ``past_key_value`` stay None.
     """
 
     def __init__(
@@ -85,11 +89,16 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         past_key_value: KVCache | None = None,
         use_cache: bool = False,
+        kv_cache=None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         check_hidden_states("MultiHeadAttention", x, self.hidden_size)
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.hidden_size, dim=-1)  # 3 x (B, T, C)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, H, T, D)
+        if kv_cache is not None:  # a static cache: write k, v in place, attend over the filled slots
+            check_static_cache("MultiHeadAttention", self.causal, key_padding_mask, past_key_value, use_cache)
+            y = cached_attention(q, k, v, kv_cache)  # (B, H, T, D)
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
         if past_key_value is not None:
             k = torch.cat((past_key_value[0], k), dim=2)  # (B, H, S, D), S = S_past + T
             v = torch.cat((past_key_value[1], v), dim=2)
