@@ -23,6 +23,7 @@ from llm_course.models import GPT2LMHeadModel, Qwen2ForCausalLM, load_model_conf
 MODELS = {"gpt2-tiny": GPT2LMHeadModel, "qwen2-tiny": Qwen2ForCausalLM}
 
 
+@pytest.mark.slow
 def test_quick_run_writes_csv_meta_and_charts(tmp_path, capsys):
     argv = ["--quick", "--models", "gpt2-tiny,qwen2-tiny", "--batch", "1", "--prefill", "6", "--new-tokens", "3",
             "--reps", "1", "--paths", "torch,baseline", "--targets", "--out", str(tmp_path)]  # fmt: skip
@@ -75,8 +76,11 @@ def test_past_the_time_budget_rows_are_skipped_with_a_note():
     assert "skipped" in bench.format_table(rows)
 
 
-def test_unknown_path_is_refused(capsys):
-    assert bench.main(["--paths", "torch,warp-drive"]) == 2
+def test_unknown_path_is_refused_through_the_command_line(capsys):
+    from llm_course.cli import BENCHES, main
+
+    assert BENCHES["model"] == "llm_course.bench.model"
+    assert main(["bench", "model", "--paths", "torch,warp-drive"]) == 2
     assert "unknown paths: warp-drive" in capsys.readouterr().out
 
 
@@ -138,6 +142,7 @@ def test_targets_compare_the_fastest_course_path():
     assert bench.fastest_course_row(rows, "qwen2-0.5b", 1).path == "graph-triton+cublas"
 
 
+@pytest.mark.slow
 def test_hf_generate_row_on_the_same_weights():
     pytest.importorskip("transformers")
     rows = bench.run(["qwen2-tiny"], [1], 5, 8, ["hf-generate"], "fp32", torch.device("cpu"), None, reps=1, show=False)

@@ -18,9 +18,10 @@ The parts are the course's layers (``llm_course.models.components``): GPT-2 uses
 ``LayerNorm``, ``MultiHeadAttention`` and ``MLP``; Qwen2 ``RMSNorm``,
 ``GroupedQueryAttention`` and ``GatedMLP``, whose attention also needs the
 tokens' positions (``position_ids``) and which keys are padding
-(``key_padding_mask``). The course's blocks are in ``llm_course/models/gpt2.py``
-and ``llm_course/models/qwen2.py`` (look there only once you are done). Check
-your work with ``.venv/bin/llm-course grade 3``.
+(``key_padding_mask``). The course's blocks are ``Block`` in
+``llm_course/models/gpt2.py`` and ``Qwen2DecoderLayer`` in
+``llm_course/models/qwen2.py`` (look there only once you are done). Check your
+work with ``.venv/bin/llm-course grade 3``.
 """
 
 from __future__ import annotations

@@ -73,7 +73,9 @@ OP = "decode_attention"
 MAX_HEAD_DIM = 256  # q, a K tile and a V tile of this width still fit in registers and shared memory
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e))
 MAX_SPLITS = 256  # the combine kernel holds the m and l of every split of a row at once
-PROGRAMS_PER_SM = 2  # split_plan aims at this many programs of the split kernel per SM ...
+# split_plan aims at (PROGRAMS_PER_SM_D128 * 128 / D) programs of the split kernel per SM (on an H200:
+# one per SM at D = 128, two at D = 64, the best of a sweep of split counts against SDPA) ...
+PROGRAMS_PER_SM_D128 = 1
 MIN_SPLIT = 128  # ... each with at least this many slots (a multiple of every BLOCK_N tried)
 
 # --- 1. the kernels ------------------------------------------------------------------------------
@@ -235,10 +237,12 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def split_plan(B: int, Hkv: int, S: int, device: torch.device) -> tuple[int, int]:
+def split_plan(B: int, Hkv: int, S: int, device: torch.device, D: int = 128) -> tuple[int, int]:
     """``(num_splits, split_size)`` from the shapes alone (never the lengths, so a graph can be captured).
 
-    About ``PROGRAMS_PER_SM`` programs per SM in all, so that every SM reads; but at
+    About one wave of programs in all (one per SM at D = 128, two at D = 64: a smaller
+    head moves fewer bytes per program), so that every SM reads and none waits for a
+    second, partly empty wave; the count is rounded to the nearest whole number of splits. But at
     least ``MIN_SPLIT`` slots a program, so that each one streams enough bytes to
     be worth its start-up and the partial results stay small next to the cache.
     Split sizes are multiples of 64 slots (of 16 in the interpreter, where tests
@@ -248,8 +252,9 @@ def split_plan(B: int, Hkv: int, S: int, device: torch.device) -> tuple[int, int
         target, min_split, align = 8, 32, 16
     else:
         index = device.index if device.index is not None else torch.cuda.current_device()
-        target, min_split, align = PROGRAMS_PER_SM * _sm_count(index), MIN_SPLIT, 64
-    splits = max(1, min(MAX_SPLITS, -(-target // max(1, B * Hkv))))  # ceil(target / programs per split)
+        per_sm = max(1, PROGRAMS_PER_SM_D128 * 128 // max(16, triton.next_power_of_2(D)))
+        target, min_split, align = per_sm * _sm_count(index), MIN_SPLIT, 64
+    splits = max(1, min(MAX_SPLITS, round(target / max(1, B * Hkv))))  # target / programs per split, rounded
     split_size = max(min_split, -(-S // splits))
     split_size = -(-split_size // align) * align
     return max(1, -(-S // split_size)), split_size
@@ -284,7 +289,7 @@ def decode_attention_forward(q, k_cache, v_cache, cache_seqlens, *, scale=None, 
     if S == 0:
         return o.zero_()
     if num_splits is None:
-        num_splits, split_size = split_plan(B, Hkv, S, q.device)
+        num_splits, split_size = split_plan(B, Hkv, S, q.device, D)
     else:
         num_splits = max(1, min(int(num_splits), S, MAX_SPLITS))
         split_size = -(-S // num_splits)
