@@ -74,6 +74,10 @@ _OPS: dict[str, OpSpec] = {}
 _SOURCES: dict[str, Callable[[str, Callable], Callable]] = {}
 _global_backend: str | None = None
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("llm_course_backend", default=None)
+# The same choice as a plain global, read only while torch.compile traces a model: Dynamo in
+# some PyTorch releases cannot trace ContextVar.get (a graph break at every op, then
+# recompilations), but it can read a global and guard on it. Kept in step by use_backend.
+_traced_backend: str | None = None
 _resolved: dict[tuple[str, str], Callable] = {}
 
 
@@ -197,7 +201,10 @@ def _check_name(name: str) -> str:
 
 def get_backend() -> str:
     """The backend in force here (context manager, then global, then $LLM_COURSE_BACKEND, then 'torch')."""
-    name = _context_backend.get() or _global_backend or os.environ.get(ENV_BACKEND) or "torch"
+    import torch  # already imported by anything that runs an op
+
+    context = _traced_backend if torch.compiler.is_compiling() else _context_backend.get()
+    name = context or _global_backend or os.environ.get(ENV_BACKEND) or "torch"
     return _check_name(name)
 
 
@@ -211,12 +218,15 @@ def set_backend(name: str) -> None:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[str]:
     """Run a block with another backend: ``with use_backend("triton"): y = ops.softmax(x)``."""
+    global _traced_backend
     token = _context_backend.set(_check_name(name))
+    outer, _traced_backend = _traced_backend, name
     _forget_exercises()
     try:
         yield name
     finally:
         _context_backend.reset(token)
+        _traced_backend = outer
 
 
 def _forget_exercises() -> None:
