@@ -11,8 +11,10 @@ batch 1 only), along several paths:
 ``triton``             the same on the Triton backend
 ``graph-torch``        the decode step captured in a CUDA graph (``generation.cuda_graph``)
 ``graph-triton``       the same with the Triton kernels
-``graph-triton+cublas`` the Triton kernels, but the matmuls on PyTorch's (cuBLAS), in a graph
-``compile``            the course's decode step under ``torch.compile(mode="reduce-overhead")``
+``graph-triton+cublas`` the Triton kernels, but the matmuls on PyTorch's (cuBLAS), in a graph,
+                       projections fused (q/k/v and gate/up each one product, ``models.inference``)
+``compile``            the course's decode step (projections fused) under
+                       ``torch.compile(mode="reduce-overhead")``
 ``hf-generate``        transformers' ``generate`` on the same weights (greedy, default cache)
 ``baseline``           a plain PyTorch static-cache decoder with SDPA (``bench.baseline_decoder``)
 ``baseline-graph``     the same, its step captured in a CUDA graph by hand
@@ -92,6 +94,7 @@ BATCH1_ONLY = ("qwen2-7b",)  # too slow (and too much memory for transformers) a
 # the order rows are measured in (a time budget cuts the last ones first)
 PRIORITY = ("graph-triton+cublas", "baseline-compile", "hf-generate", "graph-triton", "graph-torch", "torch",
             "triton", "baseline-graph", "baseline", "compile")  # fmt: skip
+FUSED_PATHS = ("graph-triton+cublas", "compile")  # run with fuse_projections_; the others unfused
 GPU_TWIN = {"torch": "graph-torch", "triton": "graph-triton", "baseline": "baseline-graph"}
 EMBEDDING_TABLES = ("transformer.wte.weight", "transformer.wpe.weight", "model.embed_tokens.weight")
 
@@ -177,7 +180,10 @@ def make_runner(path: str, model, batch: int, max_len: int):
     """An object with ``prefill(ids)`` and ``step(token)`` for ``path`` (not hf-generate)."""
     from llm_course.bench.baseline_decoder import BaselineDecoder
     from llm_course.generation.cuda_graph import GraphedDecoder
+    from llm_course.models.inference import unfuse_projections_
 
+    unfuse_projections_(model)  # an earlier row may have fused the model in place; the fused rows fuse again
+    fuse = path in FUSED_PATHS
     if path in ("torch", "triton"):
         return GraphedDecoder(model, batch, max_len, mode="eager", backend=path)
     if path == "graph-torch":
@@ -186,9 +192,9 @@ def make_runner(path: str, model, batch: int, max_len: int):
         return GraphedDecoder(model, batch, max_len, mode="graph", backend="triton")
     if path == "graph-triton+cublas":
         cublas = {"linear": "torch", "matmul": "torch"}  # the matmuls on PyTorch's ops: cuBLAS
-        return GraphedDecoder(model, batch, max_len, mode="graph", backend="triton", overrides=cublas)
+        return GraphedDecoder(model, batch, max_len, mode="graph", backend="triton", overrides=cublas, fuse=fuse)
     if path == "compile":
-        return GraphedDecoder(model, batch, max_len, mode="compile", backend="torch")
+        return GraphedDecoder(model, batch, max_len, mode="compile", backend="torch", fuse=fuse)
     if path in ("baseline", "baseline-graph", "baseline-compile"):
         mode = {"baseline": "eager", "baseline-graph": "graph", "baseline-compile": "compile"}[path]
         return BaselineDecoder(model, batch, max_len, mode=mode)

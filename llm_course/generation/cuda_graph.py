@@ -48,6 +48,11 @@ only choice). ``backend`` picks the ops' backend for the whole step, and ``overr
 some ops run on another one, e.g. the Triton kernels with cuBLAS matmuls::
 
     GraphedDecoder(model, 1, 1024, backend="triton", overrides={"linear": "torch"})
+
+``fuse=True`` first stacks the weights of projections that read the same input (Qwen2's
+q/k/v and gate/up) so that each group is one matrix product, and queries and keys are
+rotated in one launch (``llm_course.models.inference.fuse_projections_``; in place, the
+model's parameters and state_dict unchanged): five products per layer become two.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class GraphedDecoder:
     """Prefill once, then decode one token per call of :meth:`step`, replayed from a CUDA graph.
 
     ``GraphedDecoder(model, batch_size, max_len, *, mode="auto", backend=None, overrides=None,
-    dtype=None, warmup=2)``:
+    dtype=None, warmup=2, fuse=False)``:
 
     * ``model``: a course causal LM (``model(ids, attention_mask=, kv_cache=) -> (B, T, V)``,
       ``model.new_kv_cache(batch_size, max_len, dtype=, device=)``), on its device;
@@ -109,7 +114,8 @@ class GraphedDecoder:
       ``"auto"`` (graph on a GPU, eager elsewhere);
     * ``backend``, ``overrides``: the ops' backend during the step and prefill (default: the
       backend in force when the decoder is made), see :func:`op_backends`;
-    * ``dtype``: the cache's dtype (default: the model's).
+    * ``dtype``: the cache's dtype (default: the model's);
+    * ``fuse``: fuse the model's projections first (in place, see the module's docstring).
 
     :meth:`prefill` ``(input_ids (B, T), attention_mask=None) -> (B, V)`` empties the cache,
     runs the prompt eagerly and returns the last position's logits. :meth:`step`
@@ -129,6 +135,7 @@ class GraphedDecoder:
         overrides: dict[str, str] | None = None,
         dtype: torch.dtype | None = None,
         warmup: int = 2,
+        fuse: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"GraphedDecoder: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -144,6 +151,10 @@ class GraphedDecoder:
                 "Move the model to a GPU, or use mode='eager' (mode='auto' picks eager on the CPU)."
             )
         self.model, self.mode, self.batch_size, self.max_len = model, mode, batch_size, max_len
+        if fuse:
+            from llm_course.models.inference import fuse_projections_
+
+            fuse_projections_(model)
         self.backend = backend or get_backend()
         self.overrides = dict(overrides or {})
         self.warmup = warmup
@@ -264,6 +275,10 @@ class GraphedDecoder:
         tensors = [c.cache_seqlens, c.key_padding_mask, c.pad_count, c._slot_ids, self.tokens, *c._ring_seqlens.values()]
         for layer in c.layers:
             tensors += [layer.k, layer.v] + ([layer._mask] if layer._mask is not None else [])
+        for m in self.model.modules():  # fused weights are plain tensors, not Parameters: say they stay put too
+            for fused in (getattr(m, "fused_qkv", None), getattr(m, "fused_gate_up", None)):
+                if fused is not None:
+                    tensors += [fused.weight] + ([fused.bias] if fused.bias is not None else [])
         for t in tensors:
             torch._dynamo.mark_static_address(t)
 

@@ -28,6 +28,9 @@ backend switch reaches it like the matmuls (the Triton kernels under
   elementwise, in one fused op. I (``intermediate_size``) is typically about 8C/3
   rounded, so the three matrices cost what GPT-2's two do at 4C.
 
+  For decoding, :meth:`GatedMLP.fuse_projections` stacks gate and up into one matrix
+  (``components/fused.py``): one product of 2I rows, split into two views.
+
 The arguments are the Hugging Face config keys: ``hidden_size``, ``intermediate_size``.
 """
 
@@ -38,6 +41,7 @@ from torch import nn
 
 from llm_course import ops
 from llm_course.models.components.checks import positive_int, probability
+from llm_course.models.components.fused import FusedProjection, use_fused
 from llm_course.models.components.linear import Linear
 
 
@@ -74,7 +78,27 @@ class GatedMLP(nn.Module):
         self.gate_proj = Linear(hidden_size, intermediate_size, bias=bias)
         self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
+        self.fused_gate_up: FusedProjection | None = None  # set by fuse_projections(): gate and up in one product
+
+    def fuse_projections(self) -> None:
+        """For inference: gate_proj and up_proj as one 2I-row product (``components/fused.py``)."""
+        self.fused_gate_up = FusedProjection([self.gate_proj, self.up_proj])
+
+    def unfuse_projections(self) -> None:
+        if self.fused_gate_up is not None:
+            self.fused_gate_up.unfuse()
+            self.fused_gate_up = None
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.fused_gate_up is not None:  # .to() / .half() gave the projections new tensors: stack those
+            self.fused_gate_up = self.fused_gate_up.fuse_again()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = ops.silu_mul(self.gate_proj(x), self.up_proj(x))  # (B, T, I)
+        if use_fused(self, self.fused_gate_up):
+            gate, up = self.fused_gate_up.split(self.fused_gate_up(x))  # (B, T, I) each, views of (B, T, 2I)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, I) each
+        h = ops.silu_mul(gate, up)  # (B, T, I)
         return self.down_proj(h)  # (B, T, C)

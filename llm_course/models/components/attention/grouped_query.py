@@ -31,6 +31,12 @@ rotates them with ``ops.apply_rope``; it never permutes them back, because a sco
 ``q . k`` is the same whatever order the features are in, as long as q and k share
 it. (Converting a Meta checkpoint to HF format folds the same permutation into the
 rows of ``q_proj`` and ``k_proj`` once, instead.)
+
+For decoding, :meth:`GroupedQueryAttention.fuse_projections` stacks the q, k and v
+weights into one matrix (``components/fused.py``; the Parameters become views of its
+rows, the names and state dict stay): in eval mode without autograd the layer then
+runs one ``ops.linear`` and one ``ops.apply_rope`` over the query and key heads of its
+output together, instead of three products and two rotations.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from llm_course import ops
 from llm_course.models.components.attention.cached import cached_attention, check_static_cache
 from llm_course.models.components.checks import check_hidden_states, positive_int, probability
 from llm_course.models.components.embeddings.rotary import RotaryEmbedding, check_rope_arguments, deinterleave
+from llm_course.models.components.fused import FusedProjection, use_fused
 from llm_course.models.components.linear import Linear
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # (k, v), each (B, Hkv, S, D)
@@ -122,6 +129,22 @@ class GroupedQueryAttention(nn.Module):
         if rotary is None:
             rotary = RotaryEmbedding(D, max_position_embeddings, rope_theta, rope_scaling)
         self.rotary_emb = rotary
+        self.fused_qkv: FusedProjection | None = None  # set by fuse_projections(): q, k, v in one product
+
+    def fuse_projections(self) -> None:
+        """For inference: q_proj, k_proj and v_proj as one (Hq + 2 Hkv) * D-row product (``components/fused.py``)."""
+        self.fused_qkv = FusedProjection([self.q_proj, self.k_proj, self.v_proj])
+
+    def unfuse_projections(self) -> None:
+        if self.fused_qkv is not None:
+            self.fused_qkv.unfuse()
+            self.fused_qkv = None
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.fused_qkv is not None:  # .to() / .half() gave the projections new tensors: stack those
+            self.fused_qkv = self.fused_qkv.fuse_again()
+        return self
 
     def forward(
         self,
@@ -137,9 +160,14 @@ class GroupedQueryAttention(nn.Module):
         B, T, _ = x.shape
         Hq, Hkv, D = self.num_attention_heads, self.num_key_value_heads, self.head_dim
         past = 0 if past_key_value is None else past_key_value[0].shape[2]
-        q = self.q_proj(x).view(B, T, Hq, D).transpose(1, 2)  # (B, Hq, T, D)
-        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        fused = use_fused(self, self.fused_qkv)
+        if fused:  # one product, then views: heads 0..Hq-1 are q, then Hkv of k, then Hkv of v
+            qkv = self.fused_qkv(x).view(B, T, Hq + 2 * Hkv, D).transpose(1, 2)  # (B, Hq + 2 Hkv, T, D)
+            qk, v = qkv[:, : Hq + Hkv], qkv[:, Hq + Hkv :]  # (B, Hq + Hkv, T, D), (B, Hkv, T, D)
+        else:
+            q = self.q_proj(x).view(B, T, Hq, D).transpose(1, 2)  # (B, Hq, T, D)
+            k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+            v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
 
         if kv_cache is not None:
             check_static_cache("GroupedQueryAttention", True, key_padding_mask, past_key_value, use_cache)
@@ -151,10 +179,16 @@ class GroupedQueryAttention(nn.Module):
                 position_ids = torch.arange(past, past + T, device=x.device)  # (T,)
             position_embeddings = self.rotary_emb(position_ids)  # (B, T, D) or (T, D) each
         cos, sin = position_embeddings
-        if self.rope_interleaved:  # pairs (2i, 2i+1) -> (i, i + D/2), the same order for q and k
-            q, k = deinterleave(q), deinterleave(k)
-        q = ops.apply_rope(q, cos, sin)  # (B, Hq, T, D)
-        k = ops.apply_rope(k, cos, sin)  # (B, Hkv, T, D)
+        if fused:  # queries and keys are heads of one tensor: rotate them all in one launch
+            if self.rope_interleaved:  # pairs (2i, 2i+1) -> (i, i + D/2), the same order for q and k
+                qk = deinterleave(qk)
+            qk = ops.apply_rope(qk, cos, sin)  # (B, Hq + Hkv, T, D)
+            q, k = qk[:, :Hq], qk[:, Hq:]  # (B, Hq, T, D), (B, Hkv, T, D): views
+        else:
+            if self.rope_interleaved:  # pairs (2i, 2i+1) -> (i, i + D/2), the same order for q and k
+                q, k = deinterleave(q), deinterleave(k)
+            q = ops.apply_rope(q, cos, sin)  # (B, Hq, T, D)
+            k = ops.apply_rope(k, cos, sin)  # (B, Hkv, T, D)
 
         if kv_cache is not None:  # a static cache: keys go in already rotated
             y = cached_attention(q, k, v, kv_cache, window=self.sliding_window)  # (B, Hq, T, D)
