@@ -98,6 +98,20 @@ def check_stubs_untouched() -> None:
                  f"untouched stubs. Changed:\n{status}")  # fmt: skip
 
 
+def merge_streams(outputs: list) -> list:
+    """Join consecutive pieces of one stream (stdout or stderr) into one output, as a learner's
+    Jupyter shows them: how a cell's printing was cut into messages depends on the machine's load."""
+    merged: list = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if out.get("output_type") == "stream" and prev is not None and prev.get("output_type") == "stream" \
+                and prev.get("name") == out.get("name"):
+            prev["text"] = "".join(prev["text"]) + "".join(out["text"])
+        else:
+            merged.append(out)
+    return merged
+
+
 def execute(path: Path, timeout: int) -> None:
     import nbformat
     from ipykernel.kernelspec import get_kernel_dict
@@ -116,6 +130,8 @@ def execute(path: Path, timeout: int) -> None:
     client = NotebookClient(nb, km=km, timeout=timeout, record_timing=False, resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute()
+    for cell in nb.cells:
+        cell["outputs"] = merge_streams(cell.get("outputs", []))
     hits = find_machine_paths(nb)
     if hits:
         sys.exit(f"{path.name}: outputs name paths of this machine; not stored:\n  " + "\n  ".join(hits))
