@@ -10,6 +10,8 @@
                                           fetch pretrained weights from the Hugging Face Hub
     llm-course generate --model M --prompt TEXT [--greedy --chat ...]
                                           generate text, printed as it comes
+    llm-course pretrain --config NAME|FILE [--set KEY=VALUE]... [--no-resume]
+                                          pretrain a model (resumes from the run's latest checkpoint)
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ BENCHES = {
     "attention": "llm_course.bench.attention",
     "decode": "llm_course.bench.decode",
     "model": "llm_course.bench.model",
+    "loss": "llm_course.bench.loss",
 }
 
 
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = sub.add_parser("generate", help="generate text from a model folder, a downloaded model or a config")
     generate_cmd.add_arguments(gen)
+    from llm_course.training import pretrain as pretrain_cmd
+
+    pre = sub.add_parser("pretrain", help="pretrain a model from a configs/train config")
+    pretrain_cmd.add_arguments(pre)
     args, rest = parser.parse_known_args(argv)
     if args.command != "bench" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return download_cmd.run(args)
     if args.command == "generate":
         return generate_cmd.run(args)
+    if args.command == "pretrain":
+        return pretrain_cmd.run(args)
     return 2
 
 

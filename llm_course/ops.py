@@ -140,3 +140,42 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 @op(torch="activations:silu_mul", triton="activations:silu_mul", check=checks.silu_mul)
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """SwiGLU's gating ``silu(gate) * up``, elementwise. gate, up (...) of one shape -> (...)."""
+
+
+# --- stage 4: the loss -----------------------------------------------------------------------
+
+
+@op(
+    torch="cross_entropy:cross_entropy",
+    triton="cross_entropy:cross_entropy",
+    exercise="stage4_training/cross_entropy:cross_entropy",
+    check=checks.cross_entropy,
+)
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits (N, V) against class indices targets (N,) -> a float32 scalar.
+
+    ``-log softmax(logits[i])[targets[i]]`` per row; rows whose target is ``ignore_index``
+    count for nothing. ``reduction="mean"`` averages over the counted rows (0 when there
+    is none, not NaN), ``"sum"`` adds them. Computed in float32 whatever the logits' dtype.
+    """
+
+
+@op(
+    torch="cross_entropy:fused_linear_cross_entropy",
+    triton="fused_linear_cross_entropy:fused_linear_cross_entropy",
+    check=checks.fused_linear_cross_entropy,
+)
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``cross_entropy(hidden @ weight.T + bias, targets)``: the output layer and the loss in one op.
+
+    hidden (N, C), weight (V, C) as in nn.Linear, targets (N,), bias (V,) or None -> a float32
+    scalar. The Triton backend works chunk by chunk of rows and never holds the (N, V) logits.
+    """

@@ -106,6 +106,11 @@ def checkpoints_dir(override: PathLike | None = None) -> Path:
     return _output(ENV_CHECKPOINTS, "checkpoints", override)
 
 
+def run_checkpoints_dir(run_dir: PathLike) -> Path:
+    """Where one training run keeps its checkpoints: ``<run_dir>/checkpoints/``."""
+    return Path(run_dir) / "checkpoints"
+
+
 def bench_dir(override: PathLike | None = None) -> Path:
     """Where benchmarks write CSV, metadata and charts: ``override``, $LLM_COURSE_BENCH_DIR, else ``bench_out/``."""
     return _output(ENV_BENCH, "bench_out", override)

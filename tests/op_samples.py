@@ -44,4 +44,10 @@ SAMPLES = {
     "embedding": lambda dev: ((torch.tensor([[0, 3, 3], [9, 1, 0]]).to(dev), _randn(10, 24).to(dev)), {}),
     "gelu_tanh": lambda dev: ((_randn(3, 40).to(dev),), {}),
     "silu_mul": lambda dev: ((_randn(3, 40).to(dev), _randn(3, 40, seed=1).to(dev)), {}),
+    "cross_entropy": lambda dev: ((_randn(5, 37).to(dev), torch.tensor([3, -100, 0, 36, 7]).to(dev)), {}),
+    "fused_linear_cross_entropy": lambda dev: (
+        (_randn(5, 16).to(dev), _randn(37, 16, seed=1).to(dev), torch.tensor([3, -100, 0, 36, 7]).to(dev),
+         _randn(37, seed=2).to(dev)),
+        {},
+    ),
 }

@@ -8,7 +8,9 @@ causal mask that lets in one future key, RoPE with cos and sin swapped, a
 matmul that assumes ``stride_cn == 1``, ``<=`` at the roofline's ridge point,
 flash decoding's splits added without rescaling to a common max, a post-norm
 block, GPT-2's embeddings transposed along with its Conv1D weights, cached keys
-rotated twice, top-p dropping the token that crosses top_p.
+rotated twice, top-p dropping the token that crosses top_p; packed blocks that do not
+overlap, a warm-up from 0, Adam's L2 instead of decoupled weight decay, gradient
+accumulation averaged per micro-batch, cross-entropy without the max subtracted.
 And the other way round: following the exercise's advice passes, and a
 rounding difference is not diagnosed as a conceptual mistake.
 """
@@ -207,3 +209,117 @@ def test_temperature_after_the_softmax(tmp_path):
     impl = broken(tmp_path, "stage3_models/sampling", "    logits = logits.float() / temperature  # (B, V)", "    logits = logits.float()")
     with pytest.raises(AssertionError, match=r"^the temperature has no effect: divide the logits by it before the softmax"):
         graded("test_stage3_4_sampling").test_temperature_alone(impl, rng(), 0.6)
+
+
+# --- stage 4: packing, schedule, AdamW, gradient accumulation ----------------------------------
+
+
+def test_packing_with_blocks_that_do_not_overlap(tmp_path):
+    impl = broken(tmp_path, "stage4_training/packing", "    labels = stream[1 : n * T + 1].view(n, T)",
+                  "    blocks = stream[: (stream.numel() // (T + 1)) * (T + 1)].view(-1, T + 1)\n"
+                  "    input_ids, labels = blocks[:, :-1], blocks[:, 1:]")  # fmt: skip
+    with pytest.raises(AssertionError, match=r"^the blocks do not overlap"):
+        graded("test_stage4_1_packing").test_the_docstring_example(impl, rng())
+
+
+def test_packing_with_labels_not_shifted(tmp_path):
+    impl = broken(tmp_path, "stage4_training/packing", "labels = stream[1 : n * T + 1].view(n, T)", "labels = stream[: n * T].view(n, T)")
+    with pytest.raises(AssertionError, match=r"^the labels are the inputs themselves"):
+        graded("test_stage4_1_packing").test_random_documents(impl, rng(), 4)
+
+
+def test_packing_without_eos(tmp_path):
+    impl = broken(tmp_path, "stage4_training/packing", "for t in (*doc, eos_id)]", "for t in doc]")
+    with pytest.raises(AssertionError, match=r"^there is no EOS between the documents"):
+        graded("test_stage4_1_packing").test_the_docstring_example(impl, rng())
+
+
+def test_a_warmup_that_starts_at_zero(tmp_path):
+    impl = broken(tmp_path, "stage4_training/schedule", "max_lr * (step + 1) / warmup_steps", "max_lr * step / warmup_steps")
+    with pytest.raises(AssertionError, match=r"^the warm-up starts at 0"):
+        graded("test_stage4_2_schedule").test_the_boundaries_of_a_long_schedule(impl, rng())
+
+
+def test_a_cosine_over_the_wrong_range(tmp_path):
+    impl = broken(tmp_path, "stage4_training/schedule", "p = (step - warmup_steps) / (max_steps - warmup_steps)", "p = step / max_steps")
+    with pytest.raises(AssertionError, match=r"^the cosine runs over steps 0\.\.max_steps"):
+        graded("test_stage4_2_schedule").test_every_step_of_a_short_schedule(impl, rng(), 5, 20)
+
+
+def test_a_cosine_that_rises_after_max_steps(tmp_path):
+    impl = broken(tmp_path, "stage4_training/schedule", "    if step >= max_steps:\n        return min_lr\n", "")
+    with pytest.raises(AssertionError, match=r"^after max_steps the cosine rises again"):
+        graded("test_stage4_2_schedule").test_the_boundaries_of_a_long_schedule(impl, rng())
+
+
+def test_adamw_without_bias_correction(tmp_path):
+    impl = broken(tmp_path, "stage4_training/adamw", "    bias1 = 1.0 - beta1**step  # how much m still underestimates the mean of g\n"
+                  "    bias2 = 1.0 - beta2**step", "    bias1 = bias2 = 1.0")  # fmt: skip
+    with pytest.raises(AssertionError, match=r"^there is no bias correction"):
+        graded("test_stage4_3_adamw").test_matches_torch_adamw(impl, rng(), torch.float64)
+
+
+def test_adam_l2_instead_of_decoupled_weight_decay(tmp_path):
+    impl = broken(tmp_path, "stage4_training/adamw", "        p.mul_(1.0 - lr * weight_decay)  # decoupled weight decay, on the weights\n",
+                  "        g = g + weight_decay * p\n")  # fmt: skip
+    with pytest.raises(AssertionError, match=r"^the weight decay is added to the gradient \(Adam's L2\)"):
+        graded("test_stage4_3_adamw").test_matches_torch_adamw(impl, rng(), torch.float64)
+
+
+def test_adamw_with_eps_inside_the_sqrt(tmp_path):
+    impl = broken(tmp_path, "stage4_training/adamw", "denom = (v / bias2).sqrt_().add_(eps)", "denom = (v / bias2).add_(eps).sqrt_()")
+    with pytest.raises(AssertionError, match=r"^eps is inside the square root"):
+        graded("test_stage4_3_adamw").test_other_hyperparameters(impl, rng(), (0.8, 0.9), 0.5, 1e-4)
+
+
+def test_adamw_with_steps_counted_from_zero(tmp_path):
+    impl = broken(tmp_path, "stage4_training/adamw", "    bias1 = 1.0 - beta1**step  #", "    step = step + 1\n    bias1 = 1.0 - beta1**step  #")
+    with pytest.raises(AssertionError, match=r"^the bias corrections use step \+ 1"):
+        graded("test_stage4_3_adamw").test_matches_torch_adamw(impl, rng(), torch.float64)
+
+
+def test_gradient_accumulation_averaged_per_micro_batch(tmp_path):
+    impl = broken(tmp_path, "stage4_training/grad_accum", "loss = loss_sum_fn(model, input_ids, labels) / n_tokens",
+                  "loss = loss_sum_fn(model, input_ids, labels) / (labels != IGNORE_INDEX).sum() / len(micro_batches)")  # fmt: skip
+    with pytest.raises(AssertionError, match=r"^each micro-batch is averaged over its own tokens"):
+        graded("test_stage4_4_grad_accum").test_micro_batches_with_different_token_counts(impl, rng())
+
+
+def test_gradient_accumulation_without_zeroing(tmp_path):
+    impl = broken(tmp_path, "stage4_training/grad_accum", "    model.zero_grad(set_to_none=True)\n", "")
+    with pytest.raises(AssertionError, match=r"^the gradient of the previous step is still in \.grad"):
+        graded("test_stage4_4_grad_accum").test_one_micro_batch(impl, rng())
+
+
+# --- stage 4: the cross-entropy kernels --------------------------------------------------------
+
+CE = "stage4_training/cross_entropy"
+
+
+def test_cross_entropy_without_the_max_subtracted(tmp_path):
+    impl = broken(tmp_path, CE, "        m_new = tl.maximum(m, tl.max(x, axis=0))\n", "        m_new = 0.0\n")
+    with pytest.raises(AssertionError, match=r"^the loss is inf/NaN for logits around 1e4"):
+        with memcheck():
+            graded("test_stage4_5_cross_entropy").test_forward_large_logits(impl, rng())
+
+
+def test_cross_entropy_that_counts_ignored_rows(tmp_path):
+    impl = broken(tmp_path, CE, "tl.store(LOSS + row, tl.where(counted, lse - x_t, 0.0))", "tl.store(LOSS + row, lse - x_t)")
+    with pytest.raises(AssertionError, match=r"^a row whose target is ignore_index has a loss"):
+        with memcheck():
+            graded("test_stage4_5_cross_entropy").test_forward_rows(impl, rng(), 97)
+
+
+def test_cross_entropy_gradient_not_scaled(tmp_path):
+    impl = broken(tmp_path, CE, "tl.where(cols == t, 1.0, 0.0)) * scale", "tl.where(cols == t, 1.0, 0.0)) * tl.where(t != ignore_index, 1.0, 0.0)")
+    with pytest.raises(AssertionError, match=r"^the gradient is not multiplied by the scale"):
+        with memcheck():
+            graded("test_stage4_5_cross_entropy").test_backward_rows(impl, rng(), 77, torch.float32)
+
+
+def test_cross_entropy_gradient_without_the_onehot(tmp_path):
+    impl = broken(tmp_path, CE, "g = (tl.exp(x - lse) - tl.where(cols == t, 1.0, 0.0)) * scale", "g = tl.exp(x - lse) * scale")
+    with pytest.raises(AssertionError, match=r"^the gradient is softmax\(x\) \* scale"):
+        with memcheck():
+            graded("test_stage4_5_cross_entropy").test_backward_rows(impl, rng(), 1000, torch.float32)
+

@@ -76,6 +76,7 @@ def test_the_kernel_exercises_are_all_declared():
         "apply_rope": "stage2_attention/rope:apply_rope",
         "attention": "stage2_attention/flash_attention:attention",
         "decode_attention": "stage3_models/decode_attention:decode_attention",
+        "cross_entropy": "stage4_training/cross_entropy:cross_entropy",
     }
 
 

@@ -142,6 +142,19 @@ BAD = [
     ("embedding", "float ids", lambda: ((_r(2, 3), _r(5, 4)), {}), TypeError, r"^embedding: ids must be int64 or int32"),
     ("embedding", "int weight", lambda: ((_ints(2, 3) % 5, _ints(5, 4)), {}), TypeError, r"^embedding: weight has dtype int64"),
     ("embedding", "meta weight", lambda: ((_ints(2, 3) % 5, _meta(5, 4)), {}), ValueError, r"^embedding: weight is on the meta device"),
+    ("cross_entropy", "float targets", lambda: ((_r(3, 5), _r(3)), {}), TypeError, r"^cross_entropy: targets must be int64 or int32"),
+    ("cross_entropy", "int logits", lambda: ((_ints(3, 5), _ints(3) % 5), {}), TypeError, r"^cross_entropy: logits has dtype int64"),
+    ("cross_entropy", "meta logits", lambda: ((_meta(3, 5), _ints(3) % 5), {}), ValueError, r"^cross_entropy: logits is on the meta device"),
+    ("cross_entropy", "3-d logits", lambda: ((_r(2, 3, 5), _ints(2, 3) % 5), {}), ValueError, r"^cross_entropy: logits must have 2 dimensions"),
+    ("cross_entropy", "targets (N, 1)", lambda: ((_r(3, 5), _ints(3, 1) % 5), {}), ValueError, r"^cross_entropy: targets has shape \(3, 1\), expected \(3,\)"),
+    ("cross_entropy", "V = 0", lambda: ((_r(3, 0), _ints(3) % 5), {}), ValueError, r"^cross_entropy: logits has shape \(3, 0\): no class"),
+    ("cross_entropy", "reduction none", lambda: ((_r(3, 5), _ints(3) % 5), {"reduction": "none"}), ValueError, r"^cross_entropy: reduction must be 'mean' or 'sum'"),
+    ("cross_entropy", "ignore_index float", lambda: ((_r(3, 5), _ints(3) % 5), {"ignore_index": -100.0}), TypeError, r"^cross_entropy: ignore_index must be an int"),
+    ("fused_linear_cross_entropy", "mixed dtypes", lambda: ((_r(3, 4), _r(5, 4, dtype=torch.float16), _ints(3) % 5), {}), TypeError, r"^fused_linear_cross_entropy: inputs have different dtypes \(hidden float32, weight float16\)"),
+    ("fused_linear_cross_entropy", "features", lambda: ((_r(3, 4), _r(5, 6), _ints(3) % 5), {}), ValueError, r"^fused_linear_cross_entropy: hidden has 4 features"),
+    ("fused_linear_cross_entropy", "bias (1,)", lambda: ((_r(3, 4), _r(5, 4), _ints(3) % 5, _r(1)), {}), ValueError, r"^fused_linear_cross_entropy: bias has shape \(1,\), expected \(5,\)"),
+    ("fused_linear_cross_entropy", "meta weight", lambda: ((_r(3, 4), _meta(5, 4), _ints(3) % 5), {}), ValueError, r"^fused_linear_cross_entropy: weight is on the meta device"),
+    ("fused_linear_cross_entropy", "targets (2,)", lambda: ((_r(3, 4), _r(5, 4), _ints(2) % 5), {}), ValueError, r"^fused_linear_cross_entropy: targets has shape \(2,\), expected \(3,\)"),
 ]
 
 
@@ -193,6 +206,12 @@ EMPTY = [
     ("gelu_tanh", "no elements", lambda: ((_r(0, 3),), {}), (0, 3)),
     ("silu_mul", "no elements", lambda: ((_r(4, 0), _r(4, 0)), {}), (4, 0)),
     ("embedding", "no ids", lambda: ((torch.zeros(0, dtype=torch.long, device=_dev()), _r(5, 4)), {}), (0, 4)),
+    ("cross_entropy", "no rows", lambda: ((_r(0, 5), _ints(0)), {}), ()),
+    ("cross_entropy", "every target ignored", lambda: ((_r(3, 5), torch.full((3,), -100, device=_dev())), {}), ()),
+    ("cross_entropy", "no rows, sum", lambda: ((_r(0, 5), _ints(0)), {"reduction": "sum"}), ()),
+    ("fused_linear_cross_entropy", "no rows", lambda: ((_r(0, 4), _r(5, 4), _ints(0), _r(5)), {}), ()),
+    ("fused_linear_cross_entropy", "every target ignored", lambda: ((_r(3, 4), _r(5, 4), torch.full((3,), -100, device=_dev())), {}), ()),
+    ("fused_linear_cross_entropy", "C = 0", lambda: ((_r(3, 0), _r(5, 0), _ints(3) % 5, _r(5)), {}), ()),
 ]
 
 

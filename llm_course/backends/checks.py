@@ -301,3 +301,52 @@ def embedding(ids: torch.Tensor, weight: torch.Tensor) -> None:
     require_tensor("embedding", "weight", weight, ndim=2)
     require_device("embedding", ids=ids, weight=weight)
     require_floating("embedding", weight=weight)
+
+
+def _require_targets(op: str, targets: torch.Tensor, n_rows: int, ignore_index: int, reduction: str) -> None:
+    """Class indices, one per row; the options. The values are not read here (on a GPU that would wait for it)."""
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{op}: targets must be int64 or int32 class indices, got {_dtype_name(targets.dtype)}")
+    if tuple(targets.shape) != (n_rows,):
+        raise ValueError(f"{op}: targets has shape {tuple(targets.shape)}, expected ({n_rows},): one class index per row")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100, reduction: str = "mean") -> None:
+    op = "cross_entropy"
+    require_tensor(op, "logits", logits, ndim=2)
+    require_tensor(op, "targets", targets)
+    require_device(op, logits=logits, targets=targets)
+    require_floating(op, logits=logits)
+    if logits.shape[1] == 0:
+        raise ValueError(f"{op}: logits has shape {tuple(logits.shape)}: no class to predict (V = 0)")
+    _require_targets(op, targets, logits.shape[0], ignore_index, reduction)
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> None:
+    op = "fused_linear_cross_entropy"
+    require_tensor(op, "hidden", hidden, ndim=2)
+    require_tensor(op, "weight", weight, ndim=2)
+    require_tensor(op, "targets", targets)
+    require_tensor(op, "bias", bias, optional=True)
+    require_device(op, hidden=hidden, weight=weight, targets=targets, bias=bias)
+    require_floating(op, hidden=hidden, weight=weight, bias=bias)
+    require_same_dtype(op, hidden=hidden, weight=weight, bias=bias)
+    V, C = weight.shape
+    if hidden.shape[1] != C:
+        raise ValueError(f"{op}: hidden has {hidden.shape[1]} features but weight {tuple(weight.shape)} expects {C}")
+    if V == 0:
+        raise ValueError(f"{op}: weight has shape {tuple(weight.shape)}: no class to predict (V = 0)")
+    require_vector_of(op, "bias", bias, V, f"weight's {V} classes")
+    _require_targets(op, targets, hidden.shape[0], ignore_index, reduction)

@@ -1,0 +1,148 @@
+"""The output layer and the loss together, without ever holding the (N, V) logits.
+
+At the end of a language model, ``logits = hidden @ lm_head.weight.T`` is (N, V): for
+N = 16,384 tokens and Qwen2's V = 151,936 that is 2.5 G numbers, 10 GB in float32,
+and the backward allocates its gradient as much again. Yet the loss is one number
+and each row's loss needs only its own row of logits.
+
+So take the rows a chunk at a time (``chunk`` rows, a few hundred MB of logits)::
+
+    for each chunk of rows [s, e):
+        logits = hidden[s:e] @ weight.T (+ bias)            (chunk, V)    one matmul
+        loss[s:e], and IN PLACE logits <- d loss / d logits           one Triton kernel
+        grad_hidden[s:e]  = logits @ weight                 (chunk, C)    one matmul
+        grad_weight      += logits.T @ hidden[s:e]          (V, C)        one matmul
+        grad_bias        += logits.sum(0)                   (V,)
+
+The gradients are computed **during the forward**, while each chunk of logits is
+there (the idea of Liger-Kernel's fused linear cross-entropy): the backward only
+multiplies them by the incoming gradient. Peak memory: one chunk of logits plus the
+gradients the backward would need anyway. The price: the forward does the backward's
+work (its matmuls), even when only the loss is wanted -- so it skips the gradients
+when no input requires one or autograd is off (evaluation).
+
+The matmuls are torch's (cuBLAS on a GPU); the loss and its gradient are the
+cross-entropy kernel of ``cross_entropy.py``. Gradients of the counted rows carry
+1/n (mean) or 1 (sum); the weight and bias gradients are accumulated in float32.
+"""
+
+from __future__ import annotations
+
+from llm_course.device import configure_triton
+
+configure_triton()
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
+
+from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.cross_entropy import TARGET_DTYPES, cross_entropy_rows, reduce_rows  # noqa: E402
+
+OP = "fused_linear_cross_entropy"
+CHUNK_BYTES = 256 * 2**20  # about how much memory one chunk of logits may take
+
+
+def default_chunk_rows(n_rows: int, vocab: int, element_size: int) -> int:
+    """Rows per chunk: a power of two with chunk x V logits within CHUNK_BYTES (at least 1, at most N)."""
+    rows = max(1, CHUNK_BYTES // max(1, vocab * element_size))
+    rows = 1 << (rows.bit_length() - 1)  # the power of two at most rows
+    return max(1, min(rows, triton.next_power_of_2(max(n_rows, 1))))
+
+
+def fused_linear_cross_entropy_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    grads: tuple[bool, bool, bool] = (False, False, False),
+    chunk_rows: int | None = None,
+):
+    """The loss (a float32 scalar) and, where ``grads`` (hidden, weight, bias) asks, the gradients of the loss.
+
+    hidden (N, C), weight (V, C), targets (N,), bias (V,) or None. Returns
+    ``(loss, grad_hidden, grad_weight, grad_bias)`` (None for each one not asked).
+    """
+    check_tensor(OP, "hidden", hidden, ndim=2)
+    check_tensor(OP, "weight", weight, ndim=2)
+    if bias is not None:
+        check_tensor(OP, "bias", bias, ndim=1)
+    check_tensor(OP, "targets", targets, dtypes=TARGET_DTYPES, ndim=1)
+    check_same_device(OP, hidden=hidden, weight=weight, bias=bias, targets=targets)
+    check_same_dtype(OP, hidden=hidden, weight=weight, bias=bias)
+    N, C = hidden.shape
+    V = weight.shape[0]
+    want_h, want_w, want_b = grads
+    want_b = want_b and bias is not None
+    any_grad = want_h or want_w or want_b
+    chunk = chunk_rows or default_chunk_rows(N, V, hidden.element_size())
+    dev = hidden.device
+
+    loss_rows = torch.empty(N, dtype=torch.float32, device=dev)
+    _, factor = reduce_rows(loss_rows[:0], targets, ignore_index, reduction)  # 1/n or 1, known before any chunk
+    scale = factor.reshape(1) if any_grad else None
+    grad_hidden = torch.empty(N, C, dtype=hidden.dtype, device=dev) if want_h else None  # (N, C)
+    grad_weight = torch.zeros(V, C, dtype=torch.float32, device=dev) if want_w else None  # (V, C)
+    grad_bias = torch.zeros(V, dtype=torch.float32, device=dev) if want_b else None  # (V,)
+
+    for s in range(0, N, chunk):
+        e = min(s + chunk, N)
+        h = hidden[s:e]  # (n, C)
+        logits = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)  # (n, V), fresh memory
+        loss_rows[s:e], _ = cross_entropy_rows(logits, targets[s:e], ignore_index, grad_scale=scale)
+        if not any_grad:
+            continue
+        dlogits = logits  # (n, V): the kernel wrote the gradient over the logits
+        if want_h:
+            torch.mm(dlogits, weight, out=grad_hidden[s:e])  # (n, C)
+        if want_w:
+            if dlogits.dtype == torch.float32:
+                grad_weight.addmm_(dlogits.T, h)  # (V, C) += (V, n) @ (n, C)
+            else:
+                grad_weight += (dlogits.T @ h).float()
+        if want_b:
+            grad_bias += dlogits.float().sum(0)
+        del logits, dlogits
+
+    loss = loss_rows.sum() * factor
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(bias.dtype)
+    return loss, grad_hidden, grad_weight, grad_bias
+
+
+class FusedLinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, bias, ignore_index, reduction, grads):
+        with torch.autocast(hidden.device.type, enabled=False):  # the inputs' dtype, whatever autocast says
+            loss, gh, gw, gb = fused_linear_cross_entropy_forward(hidden, weight, targets, bias, ignore_index,
+                                                                  reduction, grads=grads)  # fmt: skip
+        ctx.save_for_backward(gh, gw, gb)
+        return loss
+
+    @staticmethod
+    @once_differentiable  # the gradients were computed by kernels in the forward: no graph to differentiate again
+    def backward(ctx, dloss):
+        gh, gw, gb = ctx.saved_tensors
+        g = dloss.to(torch.float32)
+        scaled = [None if t is None else (t * g).to(t.dtype) for t in (gh, gw, gb)]
+        return scaled[0], scaled[1], None, scaled[2], None, None, None
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``cross_entropy(hidden @ weight.T + bias, targets)`` chunk by chunk; differentiable in hidden, weight, bias."""
+    on = torch.is_grad_enabled()
+    grads = tuple(on and t is not None and t.requires_grad for t in (hidden, weight, bias))
+    return FusedLinearCrossEntropyFunction.apply(hidden, weight, targets, bias, ignore_index, reduction, grads)

@@ -1,0 +1,173 @@
+"""Streaming pretraining data: read, tokenize and pack documents as they arrive.
+
+A data set too big for the disk (or for a tokenization pass before training) is read with
+``datasets.load_dataset(..., streaming=True)``: an iterable that fetches documents as the loop asks
+for them. Nothing is cached; tokens are packed into blocks on the fly::
+
+    data:
+      type: streaming
+      provider: huggingface        # or local: files read lazily (path, format as for type: local)
+      path: HuggingFaceFW/fineweb-edu
+      subset: sample-10BT
+      split: train
+      text_field: text
+      shuffle_buffer: 1000         # documents in the shuffle buffer (0: stream order)
+      val_documents: 50            # the first documents of the stream are held out ...
+      # val_split: validation      # ... or a split of its own
+
+The held-out documents are taken **before** shuffling, so they never reach training in any epoch.
+Rank ``r`` of ``world_size`` keeps the documents whose index in the (shuffled) stream is ``r`` mod
+``world_size``. The position is ``(epoch, documents read, leftover tokens)``; a resumed run re-opens
+the stream, skips the documents it already read (without tokenizing them) and continues, so it
+sees no document twice. Ranks read different documents, so each rank has its own position:
+save the list of every rank's ``state_dict()``; ``load_state_dict`` takes that list.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from llm_course.data.pretrain import (
+    FORMATS, DataError, encode_batch, eos_id, find_jsonl_problem, infer_reader, resolve_files,
+)  # fmt: skip
+
+STREAMING_KEYS = {"type", "provider", "path", "subset", "split", "format", "text_field", "shuffle_buffer",
+                  "val_documents", "val_split", "tokenize_batch_size"}  # fmt: skip
+
+
+def open_stream(cfg: dict, split: str):
+    """The ``datasets.IterableDataset`` that ``cfg`` names (a hub data set, or local files)."""
+    import datasets
+
+    provider, text_field = cfg.get("provider", "huggingface"), cfg.get("text_field", "text")
+    if provider == "local":
+        fmt = cfg.get("format")
+        files = resolve_files(cfg["path"], FORMATS.get(fmt, "json") if fmt else "json")
+        reader = infer_reader(files, fmt)
+        for f in files:  # errors naming file and line before training starts
+            if f.stat().st_size == 0 or (reader != "parquet" and not f.read_text("utf-8", "replace").strip()):
+                raise DataError(f"{f}: empty file (no documents)")
+            if reader == "json" and (problem := find_jsonl_problem(f, text_field)):
+                raise DataError(problem)
+        kwargs = {"sample_by": "document"} if reader == "text" else {}
+        return datasets.load_dataset(reader, data_files=[str(f) for f in files], split="train", streaming=True,
+                                     **kwargs)  # fmt: skip
+    if provider != "huggingface":
+        raise DataError(f"data.provider {provider!r} is not 'huggingface' or 'local'")
+    return datasets.load_dataset(cfg["path"], cfg.get("subset"), split=split, streaming=True)
+
+
+class StreamingData:
+    """``next_batch`` / ``val_batches`` / ``state_dict`` over a document stream (see the module doc)."""
+
+    def __init__(self, cfg: dict, tokenizer, block_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0):
+        if not (0 <= rank < world_size):
+            raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.cfg, self.tokenizer, self.block_size = cfg, tokenizer, int(block_size)
+        self.rank, self.world_size, self.seed = rank, world_size, int(seed)
+        self.text_field = cfg.get("text_field", "text")
+        self.batch_docs = int(cfg.get("tokenize_batch_size", 16))
+        self.eos = eos_id(tokenizer)
+        self.source = str(cfg.get("path"))
+        stream = open_stream(cfg, cfg.get("split", "train"))
+        n_val = int(cfg.get("val_documents", 50))
+        if cfg.get("val_split"):
+            self._val_stream, train = open_stream(cfg, cfg["val_split"]), stream
+        else:
+            self._val_stream, train = stream.take(n_val), stream.skip(n_val)
+        buffer = int(cfg.get("shuffle_buffer", 1000))
+        self._train = train.shuffle(seed=self.seed, buffer_size=buffer) if buffer > 0 else train
+        self.epoch, self.docs_read, self.buffer = 0, 0, []  # the position (this rank's)
+        self._docs: Iterator[str] | None = None
+        self._val_blocks: np.ndarray | None = None
+
+    def _documents(self, epoch: int, skip: int) -> Iterator[str]:
+        """This rank's documents of ``epoch``, after the first ``skip`` of them."""
+        if hasattr(self._train, "set_epoch"):
+            self._train.set_epoch(epoch)  # a new shuffle order each epoch, the same for every rank
+        mine = itertools.islice(self._train, self.rank, None, self.world_size)
+        for i, example in enumerate(itertools.islice(mine, skip, None), skip):
+            text = example.get(self.text_field)
+            if not isinstance(text, str):
+                raise DataError(f"{self.source}: document {i} of rank {self.rank}, epoch {epoch}: "
+                                f"text field {self.text_field!r} is missing or not a string (keys: {sorted(example)})")  # fmt: skip
+            yield text
+
+    def _fill(self, need: int) -> None:
+        """Tokenize documents until the buffer holds ``need`` tokens."""
+        empty_epochs = 0
+        while len(self.buffer) < need:
+            if self._docs is None:
+                self._docs = self._documents(self.epoch, self.docs_read)
+            texts = list(itertools.islice(self._docs, self.batch_docs))
+            if not texts:  # the epoch is over: start the next one
+                empty_epochs = empty_epochs + 1 if self.docs_read == 0 else 0
+                if empty_epochs > 1:
+                    raise DataError(f"{self.source}: rank {self.rank} of {self.world_size} gets no documents")
+                self.epoch, self.docs_read, self._docs = self.epoch + 1, 0, None
+                continue
+            for ids in encode_batch(self.tokenizer, texts):
+                self.buffer.extend(ids)
+                self.buffer.append(self.eos)
+            self.docs_read += len(texts)
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, labels)`` (B, T) int64: blocks of T+1 tokens, labels shifted by one."""
+        T, rows = self.block_size, []
+        for _ in range(batch_size):
+            self._fill(T + 1)
+            rows.append(self.buffer[: T + 1])
+            self.buffer = self.buffer[T:]  # the block's last token starts the next one
+        blocks = torch.tensor(rows, dtype=torch.long)  # (B, T+1)
+        return blocks[:, :-1].contiguous(), blocks[:, 1:].contiguous()
+
+    def val_batches(self, n: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Up to ``n`` batches of the held-out documents, packed like training (same on every rank)."""
+        if self._val_blocks is None:
+            tokens: list[int] = []
+            for example in self._val_stream:
+                tokens.extend(encode_batch(self.tokenizer, [example[self.text_field]])[0])
+                tokens.append(self.eos)
+            T, count = self.block_size, (len(tokens) - 1) // self.block_size
+            self._val_blocks = np.array([tokens[i * T : i * T + T + 1] for i in range(count)], dtype=np.int64)
+            self._val_blocks = self._val_blocks.reshape(count, T + 1)
+        for b in range(n):
+            chunk = self._val_blocks[b * batch_size : (b + 1) * batch_size]
+            if len(chunk) == 0:
+                return
+            blocks = torch.from_numpy(chunk)
+            yield blocks[:, :-1].contiguous(), blocks[:, 1:].contiguous()
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's position: epoch, documents read this epoch, and tokens read but not yet used."""
+        return {"kind": "streaming", "rank": self.rank, "world_size": self.world_size, "seed": self.seed,
+                "block_size": self.block_size, "epoch": self.epoch, "docs_read": self.docs_read,
+                "buffer": list(self.buffer)}  # fmt: skip
+
+    def load_state_dict(self, state: dict | list[dict]) -> None:
+        """Continue from a saved position: this rank's dict, or the list of every rank's."""
+        if isinstance(state, list):
+            if len(state) != self.world_size:
+                raise DataError(f"data state: {len(state)} ranks saved, {self.world_size} now")
+            state = state[self.rank]
+        for key in ("kind", "rank", "world_size", "seed", "block_size"):
+            want = "streaming" if key == "kind" else getattr(self, key)
+            if state.get(key) != want:
+                raise DataError(f"data state: {key} is {state.get(key)!r} in the checkpoint but {want!r} now")
+        self.epoch, self.docs_read = int(state["epoch"]), int(state["docs_read"])
+        self.buffer, self._docs = list(state["buffer"]), None  # the stream re-opens and skips on next use
+
+
+def build_streaming_data(cfg: dict, tokenizer, block_size: int, *, rank: int = 0, world_size: int = 1,
+                         seed: int = 0) -> StreamingData:  # fmt: skip
+    """Check the ``type: streaming`` keys and build a :class:`StreamingData`."""
+    unknown = sorted(set(cfg) - STREAMING_KEYS)
+    if unknown:
+        raise DataError(f"unknown data key(s) {unknown} for type streaming; known: {sorted(STREAMING_KEYS)}")
+    if "path" not in cfg:
+        raise DataError("data.path is missing (a hub data set name, or local files with provider: local)")
+    return StreamingData(cfg, tokenizer, block_size, rank=rank, world_size=world_size, seed=seed)
