@@ -70,14 +70,38 @@ def synchronize(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize(dev)
 
 
+def _choose_interpreter() -> None:
+    """No GPU: set TRITON_INTERPRET=1, which Triton reads once, when ``triton.language`` is imported."""
+    if not has_gpu() and os.environ.get(ENV_INTERPRET, "0") in ("", "0"):
+        os.environ[ENV_INTERPRET] = "1"
+
+
+def _check_triton_not_imported_compiled() -> None:
+    """Triton's own helpers (``tl.sum``, ``tl.max``, ...) are made interpreted or compiled when
+    ``triton.language`` is first imported. If something imported it before the interpreter was
+    switched on (``torch._dynamo`` does, e.g. on an optimizer's first step), every kernel that
+    calls them fails deep in Triton; say so here instead."""
+    language = sys.modules.get("triton.language")
+    if language is None or not is_interpreter():
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(getattr(language, "sum", None), InterpretedFunction):
+        raise RuntimeError(
+            "Triton was imported in compiled mode before llm_course could switch it to the CPU "
+            "interpreter (something, such as torch._dynamo or torch.compile, imported triton first). "
+            "Import llm_course before anything else, or set TRITON_INTERPRET=1 before starting Python."
+        )
+
+
 def configure_triton() -> str:
     """Switch Triton to the interpreter when there is no GPU; return the mode.
 
     Call it before ``import triton`` in any module that defines kernels. It is
     idempotent, and it never switches the interpreter *off* if the user set it.
     """
-    if not has_gpu() and os.environ.get(ENV_INTERPRET, "0") in ("", "0"):
-        os.environ[ENV_INTERPRET] = "1"
+    _choose_interpreter()
+    _check_triton_not_imported_compiled()
     caller = sys._getframe(1).f_globals.get("__name__", "?")
     if caller not in _KERNEL_MODULES_SEEN:
         _KERNEL_MODULES_SEEN.append(caller)
@@ -143,3 +167,8 @@ def describe() -> dict[str, str]:
         info["gpu"] = "none"
         info["cpu_threads"] = str(torch.get_num_threads())
     return info
+
+
+# Chosen on import, before anything (torch._dynamo, torch.compile, an optimizer's first step)
+# can import Triton in compiled mode: ``import llm_course`` is enough to make kernels run on a CPU.
+_choose_interpreter()
