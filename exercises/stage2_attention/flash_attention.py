@@ -50,7 +50,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
-from llm_course.grading import require_written  # noqa: E402
+from llm_course.grading import NotCovered, require_written  # noqa: E402
 
 OP = "flash_attention (exercise)"
 
@@ -345,14 +345,14 @@ def attention(q, k, v, *, causal=True, scale=None, window=None, key_padding_mask
     """
     unsupported = [name for name, given in (("window", window is not None), ("key_padding_mask", key_padding_mask is not None), ("dropout_p", bool(dropout_p))) if given]
     if unsupported:
-        raise NotImplementedError(f"{OP}: {', '.join(unsupported)} is not supported by the exercise's kernels (the course's kernel handles it)")
+        raise NotCovered(f"{OP}: {', '.join(unsupported)} is not supported by the exercise's kernels (the course's kernel handles it)")
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(OP, name, t, ndim=4)
     Hq, Hkv, T, S, D = q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
     if D < 16 or D > 256 or D & (D - 1):
-        raise NotImplementedError(f"{OP}: head dim {D} is not supported by the exercise's kernels (powers of two from 16 to 256)")
+        raise NotCovered(f"{OP}: head dim {D} is not supported by the exercise's kernels (powers of two from 16 to 256)")
     if causal and T > S:
-        raise NotImplementedError(f"{OP}: causal attention with more queries ({T}) than keys ({S}) is not supported by the exercise's kernels")
+        raise NotCovered(f"{OP}: causal attention with more queries ({T}) than keys ({S}) is not supported by the exercise's kernels")
     require_written(flash_forward_kernel)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         # the backward runs later, outside the exercises backend's fallback: refuse now if it cannot run

@@ -56,7 +56,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
-from llm_course.grading import require_written  # noqa: E402
+from llm_course.grading import NotCovered, require_written  # noqa: E402
 
 OP = "decode_attention (exercise)"
 
@@ -248,11 +248,11 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, scale=None, window=N
     """
     unsupported = [name for name, given in (("window", window is not None), ("key_padding_mask", key_padding_mask is not None)) if given]
     if unsupported:
-        raise NotImplementedError(f"{OP}: {', '.join(unsupported)} is not supported by the exercise's kernels (the course's kernel handles it)")
+        raise NotCovered(f"{OP}: {', '.join(unsupported)} is not supported by the exercise's kernels (the course's kernel handles it)")
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k_cache, v_cache)):
-        raise NotImplementedError(f"{OP}: a gradient is not supported by the exercise's kernels (decode is inference)")
+        raise NotCovered(f"{OP}: a gradient is not supported by the exercise's kernels (decode is inference)")
     D = q.shape[-1] if isinstance(q, torch.Tensor) else 0
     if D < 16 or D > 256 or D & (D - 1):
-        raise NotImplementedError(f"{OP}: head dim {D} is not supported by the exercise's kernels (powers of two from 16 to 256)")
+        raise NotCovered(f"{OP}: head dim {D} is not supported by the exercise's kernels (powers of two from 16 to 256)")
     require_written(decode_split_kernel, decode_combine_kernel)
     return decode_attention_forward(q, k_cache, v_cache, cache_seqlens, scale=scale)

@@ -1,6 +1,6 @@
 """Graded exercises: the adapter that reaches the learner's code, and the grader."""
 
-from llm_course.grading.adapter import exercise, load, require_written, resolve_impl
+from llm_course.grading.adapter import NotCovered, exercise, load, require_written, resolve_impl
 from llm_course.grading.grader import grade, progress
 
-__all__ = ["exercise", "load", "require_written", "resolve_impl", "grade", "progress"]
+__all__ = ["NotCovered", "exercise", "load", "require_written", "resolve_impl", "grade", "progress"]

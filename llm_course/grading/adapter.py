@@ -102,6 +102,11 @@ def is_stub(fn: Callable) -> bool:
     return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
 
 
+class NotCovered(NotImplementedError):
+    """A case an exercise's kernels do not handle (an option, a head size): ``exercise()`` and the
+    ``exercises`` backend then run the course's implementation for that call, as for a stub."""
+
+
 def require_written(*kernels) -> None:
     """Raise NotImplementedError while any of these ``@triton.jit`` kernels is still a stub.
 

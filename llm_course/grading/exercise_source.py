@@ -7,7 +7,7 @@ marked region::
     def merge(ids, pair, new_id):
         \"\"\"... the docstring the learner reads ...\"\"\"
         # BEGIN EXERCISE bpe_merge
-        # stub: raise NotImplementedError("merge: replace each (a, b) in ids by new_id ...")
+        # stub raises: "merge: replace each (a, b) in ids by new_id ..."
         out = []
         ...
         return out
@@ -19,6 +19,8 @@ learner where to write::
 
         # Your code here (exercise bpe_merge)
         raise NotImplementedError("merge: replace each (a, b) in ids by new_id ...")
+
+``# stub raises: "message"`` is short for ``# stub: raise NotImplementedError("message")``.
 
 When code follows the region in the same block (a larger scaffold, where the
 learner writes a few lines in the middle of a function), the stub also gets
@@ -53,8 +55,8 @@ from llm_course.paths import repo_root
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN EXERCISE (?P<name>[A-Za-z0-9_.\-]+)[ \t]*$")
 END = re.compile(r"^(?P<indent>[ \t]*)# END EXERCISE (?P<name>[A-Za-z0-9_.\-]+)[ \t]*$")
-STUB = re.compile(r"^(?P<indent>[ \t]*)# stub:(?: (?P<code>.*))?$")
-MARKER_WORDS = re.compile(r"#\s*(BEGIN|END)\s+EXERCISE|#\s*stub\s*:", re.IGNORECASE)
+STUB = re.compile(r"^(?P<indent>[ \t]*)# stub(?P<raises> raises)?:(?: (?P<code>.*))?$")
+MARKER_WORDS = re.compile(r"#\s*(BEGIN|END)\s+EXERCISE|#\s*stub(\s+raises)?\s*:", re.IGNORECASE)
 
 REGENERATE = "python -m llm_course.grading.exercise_source --write"
 
@@ -96,11 +98,12 @@ def regions(text: str, filename: str = "<solution>") -> list[Region]:
         stub: list[str] = []
         j = i + 1
         while j < len(lines) and (s := STUB.match(lines[j])) and s["indent"] == indent:
-            stub.append(s["code"] or "")
+            code = s["code"] or ""
+            stub.append(f"raise NotImplementedError({code})" if s["raises"] else code)
             j += 1
         if not stub:
             raise SourceError(f"{filename}:{lineno}: exercise {name} has no '# stub:' line after its BEGIN line "
-                              "(the stub's code, e.g. '# stub: raise NotImplementedError(\"...\")')")  # fmt: skip
+                              "(the stub's code, e.g. '# stub raises: \"what to write\"')")  # fmt: skip
         while j < len(lines):
             e = END.match(lines[j])
             if e is not None:

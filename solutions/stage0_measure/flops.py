@@ -21,7 +21,7 @@ def matmul_flops(M: int, N: int, K: int) -> int:
     Hint: count the multiplies and the adds separately, then add them up.
     """
     # BEGIN EXERCISE count_matmul
-    # stub: raise NotImplementedError("count the FLOPs of an (M, K) @ (K, N) matmul")
+    # stub raises: "count the FLOPs of an (M, K) @ (K, N) matmul"
     return 2 * M * N * K
     # END EXERCISE count_matmul
 
@@ -34,7 +34,7 @@ def matmul_bytes(M: int, N: int, K: int, dtype_bytes: int) -> int:
     Hint: three matrices, each touched exactly once.
     """
     # BEGIN EXERCISE count_matmul
-    # stub: raise NotImplementedError("count the bytes a matmul reads and writes")
+    # stub raises: "count the bytes a matmul reads and writes"
     return (M * K + K * N + M * N) * dtype_bytes
     # END EXERCISE count_matmul
 
@@ -48,7 +48,7 @@ def softmax_flops(rows: int, cols: int) -> int:
     Hint: the per-element count times the number of elements.
     """
     # BEGIN EXERCISE count_softmax
-    # stub: raise NotImplementedError("count the FLOPs of a row-wise softmax")
+    # stub raises: "count the FLOPs of a row-wise softmax"
     return 5 * rows * cols
     # END EXERCISE count_softmax
 
@@ -62,7 +62,7 @@ def softmax_bytes(rows: int, cols: int, dtype_bytes: int) -> int:
     Hint: two tensors of rows*cols elements.
     """
     # BEGIN EXERCISE count_softmax
-    # stub: raise NotImplementedError("count the bytes a row-wise softmax reads and writes")
+    # stub raises: "count the bytes a row-wise softmax reads and writes"
     return 2 * rows * cols * dtype_bytes
     # END EXERCISE count_softmax
 
@@ -85,7 +85,7 @@ def attention_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: i
     batch * heads * q_len * kv_len * head_dim.
     """
     # BEGIN EXERCISE count_attention
-    # stub: raise NotImplementedError("count the forward FLOPs of attention")
+    # stub raises: "count the forward FLOPs of attention"
     flops = 4 * batch * heads * q_len * kv_len * head_dim
     return flops // 2 if causal else flops
     # END EXERCISE count_attention

@@ -24,7 +24,7 @@ def attainable_tflops(intensity: float, peak_tflops: float, bandwidth_gbs: float
     Hint: ``intensity * bandwidth_gbs`` is in GFLOP/s; convert it before comparing with TFLOP/s.
     """
     # BEGIN EXERCISE roofline
-    # stub: raise NotImplementedError("compute the roofline's attainable TFLOP/s")
+    # stub raises: "compute the roofline's attainable TFLOP/s"
     return min(peak_tflops, intensity * bandwidth_gbs / 1000)
     # END EXERCISE roofline
 
@@ -38,7 +38,7 @@ def bound(intensity: float, peak_tflops: float, bandwidth_gbs: float) -> str:
     Hint: find the ridge point in FLOP/byte; mind the units (TFLOP/s and GB/s).
     """
     # BEGIN EXERCISE roofline
-    # stub: raise NotImplementedError("say whether the op is memory- or compute-bound")
+    # stub raises: "say whether the op is memory- or compute-bound"
     ridge = peak_tflops * 1000 / bandwidth_gbs
     return "memory" if intensity < ridge else "compute"
     # END EXERCISE roofline

@@ -36,7 +36,7 @@ def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     Hint: a ``while`` loop over an index ``i`` that moves by 2 after a merge and by 1 otherwise.
     """
     # BEGIN EXERCISE bpe_merge
-    # stub: raise NotImplementedError("merge: replace each (a, b) in ids by new_id, left to right, in a new list")
+    # stub raises: "merge: replace each (a, b) in ids by new_id, left to right, in a new list"
     out = []
     i = 0
     while i < len(ids):
@@ -76,7 +76,7 @@ def encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
     gives a pair that has no merge an infinite rank.
     """
     # BEGIN EXERCISE bpe_encode
-    # stub: raise NotImplementedError("encode: UTF-8 bytes, then apply the merges present, lowest new_id first")
+    # stub raises: "encode: UTF-8 bytes, then apply the merges present, lowest new_id first"
     ids = list(text.encode("utf-8"))
     while len(ids) >= 2:
         pairs = set(zip(ids, ids[1:]))
@@ -107,6 +107,6 @@ def decode(ids: list[int], vocab: dict[int, bytes]) -> str:
     Hint: ``b"".join(...)``.
     """
     # BEGIN EXERCISE bpe_decode
-    # stub: raise NotImplementedError("decode: join the bytes of all the ids, then decode UTF-8 with errors=\"replace\"")
+    # stub raises: "decode: join the bytes of all the ids, then decode UTF-8 with errors=\"replace\""
     return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
     # END EXERCISE bpe_decode

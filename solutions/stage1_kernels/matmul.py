@@ -68,7 +68,7 @@ def matmul_kernel(
     ``offs_k[None, :]`` broadcast to a (BLOCK_M, BLOCK_K) grid of offsets.
     """
     # BEGIN EXERCISE matmul_kernel
-    # stub: raise NotImplementedError("write matmul_kernel: the tile offsets, the masked loop over K with tl.dot into a float32 accumulator, and the masked store")
+    # stub raises: "write matmul_kernel: the tile offsets, the masked loop over K with tl.dot into a float32 accumulator, and the masked store"
     pid_m, pid_n = grouped_tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)

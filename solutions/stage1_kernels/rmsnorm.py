@@ -67,7 +67,7 @@ def rmsnorm_fwd_kernel(
            ``.to(y_ptr.dtype.element_ty)``) at the row of y, masked.
     """
     # BEGIN EXERCISE rmsnorm_forward
-    # stub: raise NotImplementedError("rmsnorm_fwd_kernel: load a row, rstd = 1 / sqrt(mean(x**2) + eps), store rstd and x * rstd * w")
+    # stub raises: "rmsnorm_fwd_kernel: load a row, rstd = 1 / sqrt(mean(x**2) + eps), store rstd and x * rstd * w"
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK_SIZE)
     mask = cols < n_cols
@@ -104,7 +104,7 @@ def rmsnorm_bwd_kernel(
         3. After the loop, store ``dw`` at ``dw_partial_ptr + pid * n_cols + cols`` (masked).
     """
     # BEGIN EXERCISE rmsnorm_backward
-    # stub: raise NotImplementedError("rmsnorm_bwd_kernel: loop over this program's rows, store dx, accumulate dw, store the partial dw")
+    # stub raises: "rmsnorm_bwd_kernel: loop over this program's rows, store dx, accumulate dw, store the partial dw"
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_SIZE)
     mask = cols < n_cols

@@ -44,7 +44,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     which keeps large scores from overflowing.
     """
     # BEGIN EXERCISE causal_attention
-    # stub: raise NotImplementedError("causal_attention: scores q @ k^T / sqrt(D), mask the future with -inf, softmax over the keys, times v")
+    # stub raises: "causal_attention: scores q @ k^T / sqrt(D), mask the future with -inf, softmax over the keys, times v"
     T, D = q.shape[-2], q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, T)
     future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=q.device), diagonal=1)  # (T, T): j > i
@@ -79,7 +79,7 @@ def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     ``torch.arange(S)`` (keys) with ``torch.arange(T) + S - T`` (queries).
     """
     # BEGIN EXERCISE gqa_head_sharing
-    # stub: raise NotImplementedError("gqa_attention: query head h reads kv head h // (Hq // Hkv); causal: query i sees keys j <= i + S - T")
+    # stub raises: "gqa_attention: query head h reads kv head h // (Hq // Hkv); causal: query i sees keys j <= i + S - T"
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = Hq // Hkv

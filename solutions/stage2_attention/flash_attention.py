@@ -50,7 +50,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
-from llm_course.grading import require_written  # noqa: E402
+from llm_course.grading import NotCovered, require_written  # noqa: E402
 
 OP = "flash_attention (exercise)"
 
@@ -96,7 +96,7 @@ def flash_forward_kernel(
     the scale: a little faster, the same numbers.)
     """
     # BEGIN EXERCISE flash_forward
-    # stub: raise NotImplementedError("write flash_forward_kernel: load the q tile, loop over key blocks with the online softmax (masking keys past S and, if causal, the future), then store o = acc / l and lse = m + log(l)")
+    # stub raises: "write flash_forward_kernel: load the q tile, loop over key blocks with the online softmax (masking keys past S and, if causal, the future), then store o = acc / l and lse = m + log(l)"
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit: B * H * T * D can exceed 2**31
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows
@@ -244,7 +244,7 @@ def flash_backward_dkdv_kernel(
     correction, ``sum_j P_ij dP_ij``, one number per row.
     """
     # BEGIN EXERCISE flash_backward_dkdv
-    # stub: raise NotImplementedError("write flash_backward_dkdv_kernel: load this program's k and v tiles, loop over query blocks recomputing p = exp(s - lse), then dv += p^T do, ds = p * (do v^T - delta), dk += ds^T q; store dk * scale and dv")
+    # stub raises: "write flash_backward_dkdv_kernel: load this program's k and v tiles, loop over query blocks recomputing p = exp(s - lse), then dv += p^T do, ds = p * (do v^T - delta), dk += ds^T q; store dk * scale and dv"
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key positions
@@ -309,7 +309,7 @@ def flash_backward_dq_kernel(
     3. Multiply dq by scale; store it in q's dtype, masked to rows < T.
     """
     # BEGIN EXERCISE flash_backward_dq
-    # stub: raise NotImplementedError("write flash_backward_dq_kernel: load this program's q, do, lse and delta, loop over key blocks recomputing p = exp(s - lse), then ds = p * (do v^T - delta), dq += ds k; store dq * scale")
+    # stub raises: "write flash_backward_dq_kernel: load this program's q, do, lse and delta, loop over key blocks recomputing p = exp(s - lse), then ds = p * (do v^T - delta), dq += ds k; store dq * scale"
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions
@@ -458,14 +458,14 @@ def attention(q, k, v, *, causal=True, scale=None, window=None, key_padding_mask
     """
     unsupported = [name for name, given in (("window", window is not None), ("key_padding_mask", key_padding_mask is not None), ("dropout_p", bool(dropout_p))) if given]
     if unsupported:
-        raise NotImplementedError(f"{OP}: {', '.join(unsupported)} is not supported by the exercise's kernels (the course's kernel handles it)")
+        raise NotCovered(f"{OP}: {', '.join(unsupported)} is not supported by the exercise's kernels (the course's kernel handles it)")
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(OP, name, t, ndim=4)
     Hq, Hkv, T, S, D = q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
     if D < 16 or D > 256 or D & (D - 1):
-        raise NotImplementedError(f"{OP}: head dim {D} is not supported by the exercise's kernels (powers of two from 16 to 256)")
+        raise NotCovered(f"{OP}: head dim {D} is not supported by the exercise's kernels (powers of two from 16 to 256)")
     if causal and T > S:
-        raise NotImplementedError(f"{OP}: causal attention with more queries ({T}) than keys ({S}) is not supported by the exercise's kernels")
+        raise NotCovered(f"{OP}: causal attention with more queries ({T}) than keys ({S}) is not supported by the exercise's kernels")
     require_written(flash_forward_kernel)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         # the backward runs later, outside the exercises backend's fallback: refuse now if it cannot run

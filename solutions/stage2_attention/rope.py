@@ -43,7 +43,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     result back with ``.to(x.dtype)``.
     """
     # BEGIN EXERCISE apply_rope
-    # stub: raise NotImplementedError("apply_rope: x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1) over the two halves")
+    # stub raises: "apply_rope: x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1) over the two halves"
     if cos.dim() == 3:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D): the same for every head
     half = x.shape[-1] // 2

@@ -58,7 +58,7 @@ def block_forward(
     normalized copy). The MLP works on h, the stream after attention.
     """
     # BEGIN EXERCISE block_forward
-    # stub: raise NotImplementedError("block_forward: two residual branches, each stream + sublayer(its norm(stream)): attention on x, then the MLP on h")
+    # stub raises: "block_forward: two residual branches, each stream + sublayer(its norm(stream)): attention on x, then the MLP on h"
     h = x + attn(ln_1(x), **attn_kwargs)  # (B, T, C): attention branch, then the residual
     return h + mlp(ln_2(h))  # (B, T, C): MLP branch on h, then the residual
     # END EXERCISE block_forward

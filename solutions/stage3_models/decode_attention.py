@@ -56,7 +56,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
-from llm_course.grading import require_written  # noqa: E402
+from llm_course.grading import NotCovered, require_written  # noqa: E402
 
 OP = "decode_attention (exercise)"
 
@@ -107,7 +107,7 @@ def decode_split_kernel(
     operands in one dtype. Never load a slot >= stop: it may hold NaN.
     """
     # BEGIN EXERCISE decode_attention
-    # stub: raise NotImplementedError("write decode_split_kernel: load the GROUP query rows of kv head h_kv, run the online softmax over this split's filled slots [split * split_size, min(.., SEQLENS[b])), and store m, l, acc per query head and split")
+    # stub raises: "write decode_split_kernel: load the GROUP query rows of kv head h_kv, run the online softmax over this split's filled slots [split * split_size, min(.., SEQLENS[b])), and store m, l, acc per query head and split"
     pid_bh = tl.program_id(0)  # b * Hkv + h_kv
     split = tl.program_id(1)
     b = pid_bh // Hkv
@@ -169,7 +169,7 @@ def decode_combine_kernel(M, L, ACC, O, n_splits, HEAD_DIM: tl.constexpr, BLOCK_
     and divide by 1 where the sum of the weights times l is 0, so that the output is 0.
     """
     # BEGIN EXERCISE decode_attention
-    # stub: raise NotImplementedError("write decode_combine_kernel: load this row's m, l, acc for every split, rescale each split by exp(m_i - max(m)), and store sum(w * acc) / sum(w * l) (0 for a row with no filled slot)")
+    # stub raises: "write decode_combine_kernel: load this row's m, l, acc for every split, rescale each split by exp(m_i - max(m)), and store sum(w * acc) / sum(w * l) (0 for a row with no filled slot)"
     row = tl.program_id(0).to(tl.int64)  # b * Hq + h
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -304,11 +304,11 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, scale=None, window=N
     """
     unsupported = [name for name, given in (("window", window is not None), ("key_padding_mask", key_padding_mask is not None)) if given]
     if unsupported:
-        raise NotImplementedError(f"{OP}: {', '.join(unsupported)} is not supported by the exercise's kernels (the course's kernel handles it)")
+        raise NotCovered(f"{OP}: {', '.join(unsupported)} is not supported by the exercise's kernels (the course's kernel handles it)")
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k_cache, v_cache)):
-        raise NotImplementedError(f"{OP}: a gradient is not supported by the exercise's kernels (decode is inference)")
+        raise NotCovered(f"{OP}: a gradient is not supported by the exercise's kernels (decode is inference)")
     D = q.shape[-1] if isinstance(q, torch.Tensor) else 0
     if D < 16 or D > 256 or D & (D - 1):
-        raise NotImplementedError(f"{OP}: head dim {D} is not supported by the exercise's kernels (powers of two from 16 to 256)")
+        raise NotCovered(f"{OP}: head dim {D} is not supported by the exercise's kernels (powers of two from 16 to 256)")
     require_written(decode_split_kernel, decode_combine_kernel)
     return decode_attention_forward(q, k_cache, v_cache, cache_seqlens, scale=scale)

@@ -72,7 +72,7 @@ def decode_with_cache(
     one query against pos + 1 keys, causal or not, sees them all).
     """
     # BEGIN EXERCISE decode_with_cache
-    # stub: raise NotImplementedError("decode_with_cache: q, k, v of x; RoPE at pos on q and k; write k, v at slot pos; attend to slots 0..pos; o_proj")
+    # stub raises: "decode_with_cache: q, k, v of x; RoPE at pos on q and k; write k, v at slot pos; attend to slots 0..pos; o_proj"
     B, _, C = x.shape
     Hq, Hkv, D = attn.num_attention_heads, attn.num_key_value_heads, attn.head_dim
     q = attn.q_proj(x).view(B, 1, Hq, D).transpose(1, 2)  # (B, Hq, 1, D)

@@ -63,7 +63,7 @@ def top_k_top_p(
     those logits with ``-inf``. The tests use logits without ties.
     """
     # BEGIN EXERCISE top_k_top_p
-    # stub: raise NotImplementedError("top_k_top_p: logits / temperature; keep the top_k largest; keep tokens whose mass before them is < top_p; softmax")
+    # stub raises: "top_k_top_p: logits / temperature; keep the top_k largest; keep tokens whose mass before them is < top_p; softmax"
     logits = logits.float() / temperature  # (B, V)
     if top_k is not None and top_k > 0:
         k = min(top_k, logits.shape[-1])

@@ -60,7 +60,7 @@ def gpt2_from_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     memory layout), then add ``lm_head.weight`` if it is still missing.
     """
     # BEGIN EXERCISE gpt2_from_hf
-    # stub: raise NotImplementedError("gpt2_from_hf: add the 'transformer.' prefix, transpose the 4 Conv1D weights, drop attn.bias/masked_bias, add lm_head.weight = wte")
+    # stub raises: "gpt2_from_hf: add the 'transformer.' prefix, transpose the 4 Conv1D weights, drop attn.bias/masked_bias, add lm_head.weight = wte"
     conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
     buffers = (".attn.bias", ".attn.masked_bias")
     out = {}

@@ -63,7 +63,7 @@ def adamw_step(
     only rebinds a local name.
     """
     # BEGIN EXERCISE adamw_step
-    # stub: raise NotImplementedError("adamw_step: per parameter, p *= 1 - lr * wd; m, v = running means of g and g*g; p -= lr * m_hat / (sqrt(v_hat) + eps) with bias corrections 1 - beta**step")
+    # stub raises: "adamw_step: per parameter, p *= 1 - lr * wd; m, v = running means of g and g*g; p -= lr * m_hat / (sqrt(v_hat) + eps) with bias corrections 1 - beta**step"
     beta1, beta2 = betas
     bias1 = 1.0 - beta1**step  # how much m still underestimates the mean of g
     bias2 = 1.0 - beta2**step

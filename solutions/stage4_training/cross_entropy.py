@@ -77,7 +77,7 @@ def cross_entropy_fwd_kernel(
     keeps ``row * stride_row`` from overflowing int32 for large N * V.
     """
     # BEGIN EXERCISE cross_entropy
-    # stub: raise NotImplementedError("write cross_entropy_fwd_kernel: walk the row in blocks with a running max m and sum d = sum exp(x - m), lse = m + log(d); store lse, and lse - x_t as the loss (0 when t == ignore_index)")
+    # stub raises: "write cross_entropy_fwd_kernel: walk the row in blocks with a running max m and sum d = sum exp(x - m), lse = m + log(d); store lse, and lse - x_t as the loss (0 when t == ignore_index)"
     row = tl.program_id(0).to(tl.int64)
     x_row = LOGITS + row * stride_row
     t = tl.load(TARGETS + row)
@@ -118,7 +118,7 @@ def cross_entropy_bwd_kernel(
     (``.to(GRAD.dtype.element_ty)``) masked to cols < n_cols.
     """
     # BEGIN EXERCISE cross_entropy
-    # stub: raise NotImplementedError("write cross_entropy_bwd_kernel: per block of the row, (exp(x - lse) - (cols == t)) * scale, stored masked; scale = 0 for an ignored row")
+    # stub raises: "write cross_entropy_bwd_kernel: per block of the row, (exp(x - lse) - (cols == t)) * scale, stored masked; scale = 0 for an ignored row"
     row = tl.program_id(0).to(tl.int64)
     t = tl.load(TARGETS + row)
     lse = tl.load(LSE + row)

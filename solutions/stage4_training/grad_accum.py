@@ -59,7 +59,7 @@ def accumulate_gradients(
     ``.detach()``.
     """
     # BEGIN EXERCISE accumulate_gradients
-    # stub: raise NotImplementedError("accumulate_gradients: zero the grads; N = counted labels of all micro-batches; for each micro-batch (loss_sum_fn(model, x, y) / N).backward(); return the summed loss / N")
+    # stub raises: "accumulate_gradients: zero the grads; N = counted labels of all micro-batches; for each micro-batch (loss_sum_fn(model, x, y) / N).backward(); return the summed loss / N"
     model.zero_grad(set_to_none=True)
     n_tokens = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches)  # N, of the whole batch
     total = 0.0

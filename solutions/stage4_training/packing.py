@@ -50,7 +50,7 @@ def pack_documents(docs: list[list[int]], block_size: int, eos_id: int) -> tuple
     take ``stream[: N * T]`` and ``stream[1 : N * T + 1]`` and ``view`` them as (N, T).
     """
     # BEGIN EXERCISE pack_documents
-    # stub: raise NotImplementedError("pack_documents: stream = docs joined with EOS after each; N = (len - 1) // T blocks; input_ids = stream[:N*T], labels = stream[1:N*T+1], each viewed (N, T)")
+    # stub raises: "pack_documents: stream = docs joined with EOS after each; N = (len - 1) // T blocks; input_ids = stream[:N*T], labels = stream[1:N*T+1], each viewed (N, T)"
     T = int(block_size)
     stream = torch.tensor([t for doc in docs for t in (*doc, eos_id)], dtype=torch.long)  # (L,)
     n = max(0, (stream.numel() - 1) // T)  # full blocks of T + 1 tokens, each sharing one with the next

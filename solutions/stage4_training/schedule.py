@@ -44,7 +44,7 @@ def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, max_ste
     at each boundary: 0, warmup_steps - 1, warmup_steps, max_steps - 1, max_steps.
     """
     # BEGIN EXERCISE lr_at
-    # stub: raise NotImplementedError("lr_at: max_lr * (step + 1) / warmup_steps during warm-up; min_lr from max_steps on; in between a cosine from max_lr to min_lr over p = (step - warmup_steps) / (max_steps - warmup_steps)")
+    # stub raises: "lr_at: max_lr * (step + 1) / warmup_steps during warm-up; min_lr from max_steps on; in between a cosine from max_lr to min_lr over p = (step - warmup_steps) / (max_steps - warmup_steps)"
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= max_steps:
