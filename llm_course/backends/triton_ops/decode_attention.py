@@ -54,7 +54,6 @@ and group): run one decode step eagerly before capturing it in a CUDA graph.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -67,6 +66,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.launch import sm_count  # noqa: E402
 from llm_course.device import autotune_configs  # noqa: E402
 
 OP = "decode_attention"
@@ -232,11 +232,6 @@ def _decode_combine_kernel(
 # --- 2. the launcher -------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def split_plan(B: int, Hkv: int, S: int, device: torch.device, D: int = 128) -> tuple[int, int]:
     """``(num_splits, split_size)`` from the shapes alone (never the lengths, so a graph can be captured).
 
@@ -253,7 +248,7 @@ def split_plan(B: int, Hkv: int, S: int, device: torch.device, D: int = 128) -> 
     else:
         index = device.index if device.index is not None else torch.cuda.current_device()
         per_sm = max(1, PROGRAMS_PER_SM_D128 * 128 // max(16, triton.next_power_of_2(D)))
-        target, min_split, align = per_sm * _sm_count(index), MIN_SPLIT, 64
+        target, min_split, align = per_sm * sm_count(index), MIN_SPLIT, 64
     splits = max(1, min(MAX_SPLITS, round(target / max(1, B * Hkv))))  # target / programs per split, rounded
     split_size = max(min_split, -(-S // splits))
     split_size = -(-split_size // align) * align

@@ -58,7 +58,8 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
+def sm_count(device_index: int) -> int:
+    """The number of streaming multiprocessors of GPU ``device_index`` (asked once)."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -71,7 +72,7 @@ def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
     if is_interpreter() or not is_gpu(device):
         return max(1, min(n_rows, 4))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(n_rows, _sm_count(index) * max(1, 16 // num_warps)))
+    return max(1, min(n_rows, sm_count(index) * max(1, 16 // num_warps)))
 
 
 def backward_stages(block_size: int, element_size: int) -> int:
