@@ -4,7 +4,8 @@
     llm-course grade [STAGE] [--impl X] [--topic T]... [--verbose] [--timeout S] [--strict]
                                           grade the exercises of a stage (or all)
     llm-course progress [--impl X]        points per stage
-    llm-course bench kernels|layers|model benchmarks (stages 1-3), CSV and charts
+    llm-course bench kernels|layers|attention|decode|model|loss|train
+                                          benchmarks, CSV and charts
     llm-course build-tokenizer            rebuild the course's default tokenizer
     llm-course download gpt2|qwen2-0.5b [--dir DIR]
                                           fetch pretrained weights from the Hugging Face Hub
@@ -12,6 +13,12 @@
                                           generate text, printed as it comes
     llm-course pretrain --config NAME|FILE [--set KEY=VALUE]... [--no-resume]
                                           pretrain a model (resumes from the run's latest checkpoint)
+    llm-course sft --config NAME|FILE     supervised fine-tuning on chat data (stage 5)
+    llm-course dpo --config NAME|FILE     direct preference optimization (stage 5)
+    llm-course chat --model DIR           talk to a chat model: streamed replies, the KV cache
+    llm-course eval --model DIR --eval F  accuracy on the course's held-out tasks
+    llm-course profile --config NAME [--compare torch,triton]
+                                          profile training steps: kernels, categories, roofline
 """
 
 from __future__ import annotations
@@ -64,7 +71,17 @@ BENCHES = {
     "decode": "llm_course.bench.decode",
     "model": "llm_course.bench.model",
     "loss": "llm_course.bench.loss",
+    "train": "llm_course.bench.train",
 }
+
+
+STAGE5_COMMANDS = [
+    ("sft", "llm_course.training.sft", "supervised fine-tuning on chat data (configs/train/sft-*.yaml)"),
+    ("dpo", "llm_course.training.dpo", "direct preference optimization (configs/train/dpo-*.yaml)"),
+    ("chat", "llm_course.generation.chat_cli", "an interactive chat with a model folder"),
+    ("eval", "llm_course.evaluation.cli", "task accuracy (and preference accuracy) of a model on held-out tasks"),
+    ("profile", "llm_course.profiling.cli", "profile training steps of a config: kernels, categories, roofline"),
+]
 
 
 def _bench(args, rest) -> int:
@@ -105,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     pre = sub.add_parser("pretrain", help="pretrain a model from a configs/train config")
     pretrain_cmd.add_arguments(pre)
+    stage5 = {}  # name -> (module, help): each module has add_arguments(parser) and run(args)
+    for name, module, text in STAGE5_COMMANDS:
+        stage5[name] = importlib.import_module(module)
+        stage5[name].add_arguments(sub.add_parser(name, help=text))
     args, rest = parser.parse_known_args(argv)
     if args.command != "bench" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -128,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return generate_cmd.run(args)
     if args.command == "pretrain":
         return pretrain_cmd.run(args)
+    if args.command in stage5:
+        return stage5[args.command].run(args)
     return 2
 
 

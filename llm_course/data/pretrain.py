@@ -29,6 +29,8 @@ How local data becomes batches (``type: local``):
    ``r`` of ``world_size`` every ``world_size``-th block of it (all ranks get the same count, so
    they stay in step). The position is ``(epoch, cursor)``: ``state_dict()`` stores it, and the
    same seed rebuilds the same permutation, so a resumed run picks up at the next unseen block.
+   A run resumed with a different number of ranks converts the position to the number of
+   blocks of the epoch read by all ranks together and back (see :meth:`PackedData.load_state_dict`).
 
 ``type: streaming`` reads a data set as it downloads (or local files lazily) and packs on the
 fly: see :mod:`llm_course.data.streaming`.
@@ -226,6 +228,8 @@ class PackedData:
         seed: the permutation of epoch e is ``default_rng([seed, e]).permutation``.
     """
 
+    can_reshard = True  # load_state_dict accepts a position saved by another number of ranks
+
     def __init__(self, tokens: np.ndarray, block_size: int, *, val_fraction: float = 0.05,
                  rank: int = 0, world_size: int = 1, seed: int = 0, source: str = "tokens"):  # fmt: skip
         if not (0 <= rank < world_size):
@@ -296,17 +300,34 @@ class PackedData:
                 "num_train_blocks": self.num_train_blocks, "rank": self.rank}  # fmt: skip
 
     def load_state_dict(self, state: dict | list[dict]) -> None:
-        """Continue from a saved position (a dict, or the list of every rank's dicts)."""
+        """Continue from a saved position (a dict, or the list of every rank's dicts).
+
+        A position saved by a different number of ranks is **re-sharded**. With W ranks at
+        cursor c, the first ``g = c * W`` blocks of this epoch's permutation have been read (rank
+        r read ``perm[r::W]``, all ranks in step). With W' ranks now, each continues at cursor
+        ``ceil(g / W')``: the next blocks of the same permutation, none read twice. When g is
+        not a multiple of W', the ``ceil(g / W') * W' - g`` blocks (< W') in between are
+        skipped for this epoch; past the end of the (now differently trimmed) epoch, the next
+        epoch starts. A global batch of the same size then reads the same blocks per step as
+        the uninterrupted run would have.
+        """
         if isinstance(state, list):
-            state = state[self.rank] if len(state) > self.rank else state[0]
-        for key in ("kind", "seed", "world_size", "block_size", "num_train_blocks"):
+            saved = state[0].get("world_size") if state else None
+            state = state[self.rank] if saved == self.world_size and len(state) > self.rank else state[0]
+        for key in ("kind", "seed", "block_size", "num_train_blocks"):
             want = "packed" if key == "kind" else getattr(self, key)
             if state.get(key) != want:
                 raise DataError(
                     f"data state: {key} is {state.get(key)!r} in the checkpoint but {want!r} now; "
-                    "resuming needs the same data, tokenizer, block_size, seed and number of ranks"
+                    "resuming needs the same data, tokenizer, block_size and seed"
                 )
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        epoch, cursor, saved_world = int(state["epoch"]), int(state["cursor"]), int(state["world_size"])
+        if saved_world != self.world_size:
+            read = cursor * saved_world  # blocks of this epoch's permutation read by all ranks together
+            cursor = -(-read // self.world_size)  # ceil: skip rather than repeat
+            if cursor >= self.blocks_per_rank:
+                epoch, cursor = epoch + 1, 0
+        self.epoch, self.cursor = epoch, cursor
 
 
 def build_pretrain_data(cfg_data: dict, tokenizer, block_size: int, *, rank: int = 0, world_size: int = 1,

@@ -21,6 +21,11 @@ Rank ``r`` of ``world_size`` keeps the documents whose index in the (shuffled) s
 the stream, skips the documents it already read (without tokenizing them) and continues, so it
 sees no document twice. Ranks read different documents, so each rank has its own position:
 save the list of every rank's ``state_dict()``; ``load_state_dict`` takes that list.
+
+Resuming with a different number of ranks (see :meth:`StreamingData.load_state_dict`): the new
+ranks start right after the last document any old rank read (documents the slower old ranks
+had not reached yet are skipped in this epoch, none is read twice), and the tokens the old
+ranks had read but not used yet are handed on (old rank r's to new rank ``r mod W'``).
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ def open_stream(cfg: dict, split: str):
 class StreamingData:
     """``next_batch`` / ``val_batches`` / ``state_dict`` over a document stream (see the module doc)."""
 
+    can_reshard = True  # load_state_dict accepts the positions saved by another number of ranks
+
     def __init__(self, cfg: dict, tokenizer, block_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0):
         if not (0 <= rank < world_size):
             raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -82,6 +89,7 @@ class StreamingData:
         buffer = int(cfg.get("shuffle_buffer", 1000))
         self._train = train.shuffle(seed=self.seed, buffer_size=buffer) if buffer > 0 else train
         self.epoch, self.docs_read, self.buffer = 0, 0, []  # the position (this rank's)
+        self.start = 0  # the stream index this epoch's sharding starts at (> 0 only after a re-shard)
         self._docs: Iterator[str] | None = None
         self._val_blocks: np.ndarray | None = None
 
@@ -89,7 +97,8 @@ class StreamingData:
         """This rank's documents of ``epoch``, after the first ``skip`` of them."""
         if hasattr(self._train, "set_epoch"):
             self._train.set_epoch(epoch)  # a new shuffle order each epoch, the same for every rank
-        mine = itertools.islice(self._train, self.rank, None, self.world_size)
+        start = self.start if epoch == self.epoch else 0
+        mine = itertools.islice(self._train, start + self.rank, None, self.world_size)
         for i, example in enumerate(itertools.islice(mine, skip, None), skip):
             text = example.get(self.text_field)
             if not isinstance(text, str):
@@ -108,7 +117,7 @@ class StreamingData:
                 empty_epochs = empty_epochs + 1 if self.docs_read == 0 else 0
                 if empty_epochs > 1:
                     raise DataError(f"{self.source}: rank {self.rank} of {self.world_size} gets no documents")
-                self.epoch, self.docs_read, self._docs = self.epoch + 1, 0, None
+                self.epoch, self.docs_read, self.start, self._docs = self.epoch + 1, 0, 0, None
                 continue
             for ids in encode_batch(self.tokenizer, texts):
                 self.buffer.extend(ids)
@@ -146,20 +155,46 @@ class StreamingData:
         """This rank's position: epoch, documents read this epoch, and tokens read but not yet used."""
         return {"kind": "streaming", "rank": self.rank, "world_size": self.world_size, "seed": self.seed,
                 "block_size": self.block_size, "epoch": self.epoch, "docs_read": self.docs_read,
-                "buffer": list(self.buffer)}  # fmt: skip
+                "start": self.start, "buffer": list(self.buffer)}  # fmt: skip
 
     def load_state_dict(self, state: dict | list[dict]) -> None:
-        """Continue from a saved position: this rank's dict, or the list of every rank's."""
+        """Continue from a saved position: this rank's dict, or the list of every rank's.
+
+        A list saved by a different number of ranks W is re-sharded onto this run's W' ranks:
+        in the latest epoch any old rank reached, the new ranks start after the last document
+        read (old rank r read stream indices ``start + r + W*i``, i < docs_read); the unused
+        tokens of old rank r go to new rank ``r mod W'``. Documents an old rank had not reached
+        yet (or the rest of an older epoch) are skipped, none is read twice.
+        """
         if isinstance(state, list):
             if len(state) != self.world_size:
-                raise DataError(f"data state: {len(state)} ranks saved, {self.world_size} now")
+                return self._load_resharded(state)
             state = state[self.rank]
         for key in ("kind", "rank", "world_size", "seed", "block_size"):
             want = "streaming" if key == "kind" else getattr(self, key)
             if state.get(key) != want:
                 raise DataError(f"data state: {key} is {state.get(key)!r} in the checkpoint but {want!r} now")
         self.epoch, self.docs_read = int(state["epoch"]), int(state["docs_read"])
+        self.start = int(state.get("start", 0))
         self.buffer, self._docs = list(state["buffer"]), None  # the stream re-opens and skips on next use
+
+    def _load_resharded(self, states: list[dict]) -> None:
+        old_world = len(states)
+        for r, st in enumerate(states):
+            for key in ("kind", "seed", "block_size"):
+                want = "streaming" if key == "kind" else getattr(self, key)
+                if st.get(key) != want:
+                    raise DataError(f"data state of rank {r}: {key} is {st.get(key)!r} in the checkpoint "
+                                    f"but {want!r} now")  # fmt: skip
+            if st.get("world_size") != old_world or st.get("rank") != r:
+                raise DataError(f"data state: entry {r} is rank {st.get('rank')!r} of {st.get('world_size')!r}, "
+                                f"expected rank {r} of {old_world}")  # fmt: skip
+        epoch = max(int(st["epoch"]) for st in states)
+        ends = [int(st.get("start", 0)) + r + old_world * (int(st["docs_read"]) - 1) + 1
+                for r, st in enumerate(states) if int(st["epoch"]) == epoch and int(st["docs_read"]) > 0]  # fmt: skip
+        starts = [int(st.get("start", 0)) for st in states if int(st["epoch"]) == epoch]  # none read yet
+        self.epoch, self.start, self.docs_read, self._docs = epoch, max(ends + starts), 0, None
+        self.buffer = [t for r, st in enumerate(states) if r % self.world_size == self.rank for t in st["buffer"]]
 
 
 def build_streaming_data(cfg: dict, tokenizer, block_size: int, *, rank: int = 0, world_size: int = 1,

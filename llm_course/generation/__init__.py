@@ -9,6 +9,7 @@
 * ``streaming`` -- print the text while it comes (``TextStreamer``);
 * ``chat``      -- chat templates (ChatML for the course, a model folder's own template);
 * ``loading``, ``cli`` -- ``llm-course generate``: a model and its tokenizer from one name.
+* ``chat_cli`` -- ``llm-course chat``: a conversation loop; ``chat_turn`` and ``ChatSession`` for a notebook.
 """
 
 from llm_course.generation.chat import apply_chat_template

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PARALLELISMS = ("ddp", "fsdp")  # how several processes share the work (one process: no wrapping)
 
 
 @dataclass
@@ -47,6 +48,20 @@ class ScheduleConfig:
     warmup_steps: int = 0
     min_lr: float = 0.0
     decay_steps: int | None = None
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimization (``llm-course dpo``): ``beta`` scales the implicit reward
+    ``beta * (log pi(y|x) - log pi_ref(y|x))``: larger keeps the policy closer to the reference.
+    ``reference: frozen``: the reference model is a frozen copy of the starting model, run under
+    ``no_grad`` beside the policy."""
+
+    beta: float = 0.1
+    reference: str = "frozen"
+
+
+DPO_REFERENCES = ("frozen",)
 
 
 @dataclass
@@ -74,6 +89,9 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "pretrain"  # a relative path is under the runs folder (llm_course.paths.runs_dir())
     device: str | None = None  # None: llm_course.device.get_device()
+    init_from: str | None = None  # start from these weights: a model folder (config.json + safetensors) or a checkpoint
+    dpo: DPOConfig | None = None  # the dpo: block (beta, reference); only DPO runs read it
+    parallelism: str = "ddp"  # ddp: a full copy per process | fsdp: parameters, grads, optimizer state sharded (FSDP2)
 
     # --- reading and checking -------------------------------------------------------------------
 
@@ -87,6 +105,8 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"{source}: a train config must be a mapping of keys to values, got {type(d).__name__}")
         d = dict(d)
+        if d.get("init_from") and "model_config_path" not in d:  # the architecture is the init_from model's
+            d["model_config_path"] = d["init_from"]
         _check_keys(cls, d, source, "")
         opt = d.pop("optimizer", None) or {}
         sched = d.pop("schedule", None) or {}
@@ -97,6 +117,11 @@ class TrainConfig:
         opt = dict(opt)
         if "betas" in opt:
             opt["betas"] = tuple(opt["betas"])
+        if d.get("dpo") is not None:
+            if not isinstance(d["dpo"], dict):
+                raise ValueError(f"{source}: 'dpo' must be a mapping, got {type(d['dpo']).__name__}")
+            _check_keys(DPOConfig, d["dpo"], source, "dpo.")
+            d["dpo"] = DPOConfig(**d["dpo"])
         cfg = cls(**d, optimizer=OptimizerConfig(**opt), schedule=ScheduleConfig(**sched))
         cfg.validate(source)
         return cfg
@@ -115,8 +140,18 @@ class TrainConfig:
                 bad(key, f"{v!r} must be an integer >= 0")
         if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 1):
             bad("block_size", f"{self.block_size!r} must be a positive integer or null")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            bad("init_from", f"{self.init_from!r} must be a model or checkpoint folder (a non-empty string) or null")
         if self.precision not in PRECISIONS:
             bad("precision", f"{self.precision!r} must be one of {', '.join(PRECISIONS)}")
+        if self.parallelism not in PARALLELISMS:
+            bad("parallelism", f"{self.parallelism!r} must be one of {', '.join(PARALLELISMS)}")
+        if self.dpo is not None:
+            b = self.dpo.beta
+            if isinstance(b, bool) or not isinstance(b, numbers.Real) or not math.isfinite(b) or b <= 0:
+                bad("dpo.beta", f"{b!r} must be a finite number > 0")
+            if self.dpo.reference not in DPO_REFERENCES:
+                bad("dpo.reference", f"{self.dpo.reference!r} must be one of {', '.join(DPO_REFERENCES)}")
         if not isinstance(self.data, dict) or "type" not in self.data:
             bad("data", f"{self.data!r} must be a mapping with a 'type' (local | streaming)")
         o, s = self.optimizer, self.schedule

@@ -1,0 +1,5 @@
+import sys
+
+from llm_course.evaluation.cli import main
+
+sys.exit(main())
