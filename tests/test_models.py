@@ -462,3 +462,22 @@ def test_cached_generation_on_the_gpu_in_bfloat16(name, backend):
         got, _ = cached_logits(model, ids, mask, [5])
     real = mask.bool()
     assert_close(got.float()[real], full[real], atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "qwen2-tiny"])
+def test_bf16_autocast_trains_on_the_torch_backend(name):
+    """Under autocast a bias-free projection returns bfloat16 while the residual stream stays fp32:
+    the model must still run (loss and gradients), and the loss must be near fp32's."""
+    from llm_course.backends import use_backend
+    from llm_course.training.loss import loss_fn
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_name(name)
+    x = torch.randint(0, model.config.vocab_size, (2, 16))
+    with use_backend("torch"):
+        ref = loss_fn(model, x, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(model, x, x)
+        loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    torch.testing.assert_close(loss.detach(), ref.detach(), atol=0.05, rtol=0.01)

@@ -218,12 +218,16 @@ def stage_topics(stage: int) -> list[str]:
 
 
 def exercised_topics(nb: dict) -> tuple[set[int], set[str]]:
-    """Stages and graded topics of the exercises a notebook calls through ``exercise("stageN_x/module:fn", ...)``."""
+    """Stages and graded topics of the exercises a notebook calls through ``exercise("stageN_x/module:fn", ...)``.
+
+    The topic is the function's name when a topic has it (two exercises in one file, as
+    ``stage5_finetune/dpo_loss:reward_accuracy``), else the module's (or the topic it starts with)."""
     stages, topics = set(), set()
     for cell in code_cells(nb):
-        for stage, module in re.findall(r"exercise\(\s*\"stage(\d+)_\w+/(\w+):", source(cell)):
+        for stage, module, fn in re.findall(r"exercise\(\s*\"stage(\d+)_\w+/(\w+):(\w+)", source(cell)):
             known = stage_topics(int(stage))
-            match = [t for t in known if t == module] or [t for t in known if module.startswith(t + "_")]
+            match = ([t for t in known if t == fn] or [t for t in known if t == module]
+                     or [t for t in known if module.startswith(t + "_")])  # fmt: skip
             assert len(match) == 1, f"no graded topic for the exercise module {module!r} (topics {known})"
             stages.add(int(stage))
             topics.add(match[0])

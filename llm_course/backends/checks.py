@@ -176,7 +176,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     require_tensor("linear", "bias", bias, optional=True)
     require_device("linear", x=x, weight=weight, bias=bias)
     require_floating("linear", x=x, weight=weight, bias=bias)
-    require_same_dtype("linear", x=x, weight=weight, bias=bias)
+    if not torch.is_autocast_enabled(x.device.type):  # under autocast the product casts its inputs itself
+        require_same_dtype("linear", x=x, weight=weight, bias=bias)
     N, K = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"linear: x has {x.shape[-1]} features (last dimension) but weight {tuple(weight.shape)} expects {K}")

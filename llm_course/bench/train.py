@@ -17,8 +17,11 @@ The paths:
 ``triton``
     The course's model on the Triton backend: its LayerNorm, GELU, FlashAttention
     forward and backward, and the fused linear + cross-entropy (no (B*T, V) logits).
+``triton+cublas``
+    The Triton backend with the matrix products (``ops.linear``) on PyTorch's, i.e. cuBLAS:
+    the course's kernels for everything but the GEMMs.
 ``triton.compile``
-    The same under ``torch.compile``: inductor fuses the glue around the course's kernels.
+    The Triton backend under ``torch.compile``: inductor fuses the glue around the course's kernels.
 
 For each: tokens/s and MFU from the **wall** time of back-to-back steps (host work
 included: what a user pays), the **GPU** time of one step (the kernels' busy time from
@@ -46,7 +49,7 @@ import torch
 from llm_course.bench.common import free_memory, metadata, output_dir, write_meta
 from llm_course.device import get_device, is_gpu, synchronize
 
-PATHS = ("baseline.compile", "torch", "torch.compile", "triton", "triton.compile")
+PATHS = ("baseline.compile", "torch", "torch.compile", "triton", "triton+cublas", "triton.compile")
 
 
 @dataclass
@@ -79,7 +82,7 @@ def _course_model(name: str, device):
 
 def build_step(path: str, name: str, device):
     """(step(x, y) -> loss tensor, model with .flops_per_token): one full training step."""
-    from llm_course.backends import use_backend
+    from llm_course.generation.cuda_graph import op_backends
     from llm_course.training.config import OptimizerConfig
     from llm_course.training.loss import fused_loss_fn, loss_fn
     from llm_course.training.trainer import make_optimizer
@@ -111,14 +114,15 @@ def build_step(path: str, name: str, device):
 
     model = _course_model(name, device)
     opt = make_optimizer(model, types.SimpleNamespace(optimizer=OptimizerConfig()), device)
-    backend = path.split(".")[0]
+    backend = path.split(".")[0].split("+")[0]
+    overrides = {"linear": "torch"} if "+cublas" in path else None
     fn = fused_loss_fn if backend == "triton" else loss_fn
     compute = functools.partial(fn, model)
     if path.endswith(".compile"):
         compute = torch.compile(compute)
 
     def step(x, y):
-        with use_backend(backend), torch.autocast(kind, dtype=torch.bfloat16):
+        with op_backends(backend, overrides), torch.autocast(kind, dtype=torch.bfloat16):
             loss = compute(x, y)
         loss.backward()
         opt.step()

@@ -46,8 +46,10 @@ class Block(nn.Module):
         self.mlp = MLP(C, config.intermediate_size, resid_dropout=config.resid_pdrop)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
-        x = ops.add(x, self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, kv_cache=kv_cache))  # (B, T, C)
-        x = ops.add(x, self.mlp(self.ln_2(x)))  # (B, T, C)
+        # Under autocast a sub-layer returns bfloat16; the residual stream keeps its own dtype (fp32).
+        h = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, kv_cache=kv_cache)  # (B, T, C)
+        x = ops.add(x, h.to(x.dtype))
+        x = ops.add(x, self.mlp(self.ln_2(x)).to(x.dtype))  # (B, T, C)
         return x
 
 

@@ -54,8 +54,9 @@ class Qwen2DecoderLayer(nn.Module):
     def forward(self, x, position_embeddings, key_padding_mask=None, kv_cache=None) -> torch.Tensor:
         h = self.self_attn(self.input_layernorm(x), position_embeddings=position_embeddings,
                            key_padding_mask=key_padding_mask, kv_cache=kv_cache)  # fmt: skip
-        x = ops.add(x, h)  # (B, T, C)
-        x = ops.add(x, self.mlp(self.post_attention_layernorm(x)))  # (B, T, C)
+        # Under autocast a sub-layer returns bfloat16; the residual stream keeps its own dtype (fp32).
+        x = ops.add(x, h.to(x.dtype))  # (B, T, C)
+        x = ops.add(x, self.mlp(self.post_attention_layernorm(x)).to(x.dtype))  # (B, T, C)
         return x
 
 

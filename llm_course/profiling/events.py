@@ -90,15 +90,16 @@ def _mm_bytes(name: str, shapes, dtypes) -> float | None:
 def _is_device_event(e) -> bool:
     if e.device_type.name not in ("CUDA", "PrivateUse1", "XPU"):
         return False
-    if e.activity_type is not None:
-        return e.activity_type in DEVICE_ACTIVITIES
-    return not e.is_user_annotation
+    activity = getattr(e, "activity_type", None)  # not in PyTorch 2.11's events
+    if activity is not None:
+        return activity in DEVICE_ACTIVITIES
+    return not getattr(e, "is_user_annotation", False)
 
 
 def _is_cpu_kernel(e) -> bool:
     """A CPU op whose self time counts on the CPU: not one of the ranges, not the engine's wrapper."""
-    return (e.device_type.name == "CPU" and not e.is_user_annotation and not e.is_async
-            and e.activity_type in (None, "cpu_op") and not e.name.startswith(BACKWARD_PREFIX)
+    return (e.device_type.name == "CPU" and not getattr(e, "is_user_annotation", False) and not e.is_async
+            and getattr(e, "activity_type", None) in (None, "cpu_op") and not e.name.startswith(BACKWARD_PREFIX)
             and not e.name.startswith("ProfilerStep") and e.self_cpu_time_total > 0)  # fmt: skip
 
 
@@ -162,14 +163,20 @@ def attribute(events, op_calls: list[OpCall], on_device: bool) -> Attribution:
         return call
 
     if on_device:
-        by_corr = {e.id: e for e in cpu if not e.is_async and e.linked_correlation_id == 0}
-        intervals = []
-        for e in events:
-            if _is_device_event(e):
+        device = [e for e in events if _is_device_event(e)]
+        if not device or hasattr(device[0], "linked_correlation_id"):
+            # a kernel names the CPU event (the launch) that queued it by its correlation id
+            by_corr = {e.id: e for e in cpu if not e.is_async and e.linked_correlation_id == 0}
+            for e in device:
                 s, t = e.time_range.start, e.time_range.end
                 out.calls.append(make_call(e.name, t - s, s, t, by_corr.get(e.linked_correlation_id)))
-                intervals.append((s, t))
-        out.busy_us = _union_us(intervals)
+        else:  # older PyTorch (2.11): the launching CPU event lists its kernels (name, duration)
+            for e in cpu:
+                if not e.is_async:
+                    for k in getattr(e, "kernels", None) or []:
+                        s = e.time_range.start
+                        out.calls.append(make_call(k.name, k.duration, s, s + k.duration, e))
+        out.busy_us = _union_us([(e.time_range.start, e.time_range.end) for e in device])
     else:
         for e in cpu:
             if _is_cpu_kernel(e):
