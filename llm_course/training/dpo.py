@@ -2,6 +2,7 @@
 
     llm-course dpo --config dpo-tiny-cpu                          # configs/train/dpo-tiny-cpu.yaml
     llm-course dpo --config dpo-course-lm --set dpo.beta=0.2
+    llm-course dpo --config dpo-course-lm --set dpo.sft_weight=1.0   # DPO + the chosen replies' SFT loss
     torchrun --nproc_per_node 8 -m llm_course.training.dpo --config dpo-course-lm   # DDP
 
 **The objective.** For a prompt x with a preferred reply y_w ("chosen") and a worse one y_l
@@ -24,7 +25,22 @@ At the start pi = pi_ref, so both rewards are 0 and the loss is log 2 = 0.693; i
 the margin grows. Logged per step (averaged over the pairs): ``reward_accuracy`` (the share
 of pairs whose chosen reward is above the rejected one), ``reward_margin``, ``reward_chosen``,
 ``reward_rejected``, ``logp_chosen`` and ``logp_rejected`` (the policy's summed log-probs;
-both often fall, the rejected faster).
+both often fall, the rejected faster), and ``nll_chosen`` (the chosen replies' negative
+log-likelihood per token, below).
+
+**Likelihood displacement, and the SFT term.** The DPO loss only sees the *difference* of the
+two log-ratios, so it can widen the margin by pushing *both* replies down, the rejected one
+faster: the preference accuracy rises while ``logp_chosen`` falls, and greedy decoding stops
+producing the chosen answer (on the course's tasks: task accuracy 92% after SFT, 66% after
+plain DPO with 93% preference accuracy). The standard remedy (RPO: Pang et al., 2024,
+"Iterative Reasoning Preference Optimization"; TRL's ``loss_type=["sigmoid", "sft"]``, once
+its ``rpo_alpha``) adds the SFT loss of the chosen replies::
+
+    loss = dpo_loss + sft_weight * nll_chosen
+    nll_chosen = -(sum of log pi over all chosen reply tokens of the micro-batch) / (their number)
+
+a token-level mean over the micro-batch, exactly as TRL computes it. ``dpo: {sft_weight: 0.0}``
+(the default) is plain DPO.
 
 **The run.** The trainer of pretraining (:func:`llm_course.training.trainer.train`) with:
 
@@ -92,6 +108,17 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
+def chosen_nll(policy_chosen: torch.Tensor, chosen_labels: torch.Tensor) -> torch.Tensor:
+    """The SFT loss of the chosen replies: their summed log-probs (P,) over the number of their
+    counted tokens (``chosen_labels`` (P, T) != -100), negated: a 0-d float32 tensor.
+
+    A token-level mean over the whole micro-batch (TRL's ``"sft"`` loss type), not a mean of
+    per-reply means: a long reply weighs more than a short one, as in SFT.
+    """
+    n_tokens = (chosen_labels != IGNORE_INDEX).sum().clamp(min=1)
+    return -policy_chosen.float().sum() / n_tokens
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` that never trains: eval mode (no dropout), no gradients."""
     ref = copy.deepcopy(model).eval()
@@ -100,11 +127,13 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
-def make_dpo_loss_fn(reference: torch.nn.Module, beta: float):
+def make_dpo_loss_fn(reference: torch.nn.Module, beta: float, sft_weight: float = 0.0):
     """The trainer's ``loss_fn`` for DPO: rows ``[chosen (P); rejected (P)]`` -> ``(loss, metrics)``.
 
     The policy (the model the trainer passes, maybe DDP-wrapped) runs on all 2P rows at once;
     the frozen ``reference`` on the same rows under ``no_grad`` (moved to their device on first use).
+    ``sft_weight`` > 0 adds ``sft_weight * nll_chosen`` (:func:`chosen_nll`) to the DPO loss;
+    ``nll_chosen`` is logged whatever the weight.
     """
 
     def loss_fn(model, input_ids: torch.Tensor, labels: torch.Tensor):
@@ -116,7 +145,12 @@ def make_dpo_loss_fn(reference: torch.nn.Module, beta: float):
             reference.to(input_ids.device)
         with torch.no_grad():
             ref_logps = sequence_logprobs(reference(input_ids), labels)  # (2P,)
-        return dpo_loss(logps[:P], logps[P:], ref_logps[:P], ref_logps[P:], beta)
+        loss, metrics = dpo_loss(logps[:P], logps[P:], ref_logps[:P], ref_logps[P:], beta)
+        nll = chosen_nll(logps[:P], labels[:P])
+        metrics["nll_chosen"] = nll.detach()
+        if sft_weight:
+            loss = loss + sft_weight * nll
+        return loss, metrics
 
     return loss_fn
 
@@ -157,9 +191,10 @@ def train_dpo(cfg, *, resume="auto", info=None, print_fn=print):
     data = build_data(cfg, model, tokenizer_folder, info)
     if info.is_main:
         print_fn(f"DPO: {len(data.source.pairs) if hasattr(data.source, 'pairs') else 'streamed'} training pairs "
-                 f"({data.truncated} truncated), {len(data.val_pairs)} held out; beta={dpo.beta}, "
+                 f"({data.truncated} truncated), {len(data.val_pairs)} held out; beta={dpo.beta}, sft_weight={dpo.sft_weight}, "
                  f"reference: a frozen copy of {cfg.init_from or cfg.model_config_path}")  # fmt: skip
-    result = train(cfg, model=model, data=data, loss_fn=make_dpo_loss_fn(reference, dpo.beta), count_fn=count_pairs,
+    result = train(cfg, model=model, data=data, loss_fn=make_dpo_loss_fn(reference, dpo.beta, dpo.sft_weight),
+                   count_fn=count_pairs,
                    resume=resume, info=info, print_fn=print_fn)  # fmt: skip
     result.model_dir = None
     if result.stopped == "done" and info.is_main:
