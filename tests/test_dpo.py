@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_course.training.config import load_train_config
-from llm_course.training.dpo import dpo_loss, frozen_copy, make_dpo_loss_fn, sequence_logprobs
+from llm_course.training.dpo import chosen_nll, dpo_loss, frozen_copy, make_dpo_loss_fn, sequence_logprobs
 
 
 def _pairs(P: int, T: int, V: int, seed: int):
@@ -98,12 +98,14 @@ def test_loss_fn_runs_policy_and_frozen_reference():
 # --- against TRL ----------------------------------------------------------------------------------
 
 
-def _trl_stub(model, beta):
+def _trl_stub(model, beta, sft_weight=None):
     """The attributes DPOTrainer._compute_loss reads, for the plain sigmoid loss with precomputed
-    reference log-probs, on one process (accelerate's gathers are the identity there)."""
+    reference log-probs, on one process (accelerate's gathers are the identity there).
+    ``sft_weight``: add TRL's "sft" loss type with that weight (RPO, once ``rpo_alpha``)."""
     acc = types.SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: x, gather=lambda x: x)
+    types_, weights = (["sigmoid"], [1.0]) if sft_weight is None else (["sigmoid", "sft"], [1.0, sft_weight])
     return types.SimpleNamespace(
-        model=model, accelerator=acc, beta=beta, loss_types=["sigmoid"], loss_weights=[1.0], ld_alpha=None,
+        model=model, accelerator=acc, beta=beta, loss_types=types_, loss_weights=weights, ld_alpha=None,
         f_divergence_type="reverse_kl", precompute_ref_logps=True, aux_loss_enabled=False, use_weighting=False,
         rpo_alpha=None, _tp_size=1, _total_train_tokens=0, args=types.SimpleNamespace(),
         _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)},
@@ -152,6 +154,76 @@ def test_loss_and_metrics_match_trl_dpo_trainer(beta):
                       ("reward_chosen", "rewards/chosen"), ("reward_rejected", "rewards/rejected"),
                       ("logp_chosen", "logps/chosen"), ("logp_rejected", "logps/rejected")]:  # fmt: skip
         assert m[mine].item() == pytest.approx(tm[key][-1], abs=1e-4, rel=1e-5), mine
+
+
+def test_sft_term_matches_trl_sft_loss_type():
+    """DPO + sft_weight * nll_chosen equals TRL's ``loss_type=["sigmoid", "sft"]``,
+    ``loss_weights=[1, sft_weight]`` on the same model and rows (replies of different lengths, so a
+    mean of per-reply means would differ from TRL's token-level mean); the course's loss_fn gives
+    the same loss and logs nll_chosen; sft_weight=0 is the plain DPO loss."""
+    pytest.importorskip("trl")
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from trl.trainer.dpo_trainer import DPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    V, P, T, beta, w = 64, 3, 12, 0.1, 0.7
+    torch.manual_seed(7)
+    cfg = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      initializer_range=0.5)  # fmt: skip  (large weights: token log-probs far from uniform)
+    hf = Qwen2ForCausalLM(cfg)
+    hf.train()
+    ids, reply, labels, g = _pairs(P, T, V, seed=8)
+    lengths = (labels[:P] != -100).sum(1)
+    assert len(set(lengths.tolist())) > 1  # the two normalizations differ on these rows
+    ref = torch.randn(2 * P, generator=g) * 3 - 20
+
+    class Course(torch.nn.Module):  # the course's loss_fn calls model(ids) -> logits
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).logits
+
+    with torch.no_grad():
+        logps = sequence_logprobs(hf(ids).logits[:, :-1], labels)
+        plain, _ = dpo_loss(logps[:P], logps[P:], ref[:P], ref[P:], beta)
+        nll = chosen_nll(logps[:P], labels[:P])
+        # through the course's loss_fn: the reference is the same model, so check against ref = logps
+        policy, reference = Course(hf), frozen_copy(Course(hf))
+        fn_loss, fn_m = make_dpo_loss_fn(reference, beta, sft_weight=w)(policy, ids[:, :-1], labels)
+        fn_plain, fn_m0 = make_dpo_loss_fn(reference, beta)(policy, ids[:, :-1], labels)
+    torch.testing.assert_close(fn_loss, torch.tensor(math.log(2)) + w * nll, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fn_plain, torch.tensor(math.log(2)), atol=1e-5, rtol=1e-5)  # sft_weight=0: plain DPO
+    assert fn_m["nll_chosen"].item() == pytest.approx(nll.item(), rel=1e-5)
+    assert fn_m0["nll_chosen"].item() == pytest.approx(nll.item(), rel=1e-5)  # logged whatever the weight
+    mean_of_means = (-logps[:P] / lengths).mean()
+    assert abs(nll.item() - mean_of_means.item()) > 1e-2  # far beyond the 1e-5 tolerance below
+
+    add_fused_lm_head(hf, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": reply.long(),
+              "ref_chosen_logps": ref[:P], "ref_rejected_logps": ref[P:]}  # fmt: skip
+    with torch.no_grad():
+        theirs = DPOTrainer._compute_loss(_trl_stub(hf, beta, sft_weight=w), hf, inputs, False)
+        theirs_plain = DPOTrainer._compute_loss(_trl_stub(hf, beta), hf, inputs, False)
+    torch.testing.assert_close(plain + w * nll, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain, theirs_plain, atol=1e-5, rtol=1e-5)
+
+
+def test_sft_weight_config_and_set_override(tmp_path):
+    """``dpo.sft_weight`` defaults to 0, is read from ``--set dpo.sft_weight=...`` (a nested key,
+    the rest of the dpo block kept), and a bad value or a misspelled key is an error naming it."""
+    from llm_course.training.pretrain import _overrides
+
+    assert load_train_config("dpo-tiny-cpu").dpo.sft_weight == 0.0
+    base = load_train_config("dpo-tiny-cpu").dpo
+    cfg = load_train_config("dpo-tiny-cpu", overrides=_overrides(["dpo.sft_weight=1.5", "dpo.beta=0.3"]))
+    assert cfg.dpo.sft_weight == 1.5 and cfg.dpo.beta == 0.3 and cfg.dpo.reference == base.reference
+    with pytest.raises(ValueError, match=r"dpo\.sft_weight=-1"):
+        load_train_config("dpo-tiny-cpu", overrides=_overrides(["dpo.sft_weight=-1"]))
+    with pytest.raises(ValueError, match=r"unknown key 'dpo\.sft_wieght'"):
+        load_train_config("dpo-tiny-cpu", overrides=_overrides(["dpo.sft_wieght=1"]))
 
 
 # --- end to end -----------------------------------------------------------------------------------

@@ -55,10 +55,13 @@ class DPOConfig:
     """Direct preference optimization (``llm-course dpo``): ``beta`` scales the implicit reward
     ``beta * (log pi(y|x) - log pi_ref(y|x))``: larger keeps the policy closer to the reference.
     ``reference: frozen``: the reference model is a frozen copy of the starting model, run under
-    ``no_grad`` beside the policy."""
+    ``no_grad`` beside the policy. ``sft_weight`` > 0 adds that times the chosen replies' SFT loss
+    (negative log-likelihood per token) to the DPO loss, against likelihood displacement (RPO;
+    TRL's ``loss_type=["sigmoid", "sft"]``); 0 is plain DPO."""
 
     beta: float = 0.1
     reference: str = "frozen"
+    sft_weight: float = 0.0
 
 
 DPO_REFERENCES = ("frozen",)
@@ -90,7 +93,7 @@ class TrainConfig:
     out_dir: str = "pretrain"  # a relative path is under the runs folder (llm_course.paths.runs_dir())
     device: str | None = None  # None: llm_course.device.get_device()
     init_from: str | None = None  # start from these weights: a model folder (config.json + safetensors) or a checkpoint
-    dpo: DPOConfig | None = None  # the dpo: block (beta, reference); only DPO runs read it
+    dpo: DPOConfig | None = None  # the dpo: block (beta, reference, sft_weight); only DPO runs read it
     parallelism: str = "ddp"  # ddp: a full copy per process | fsdp: parameters, grads, optimizer state sharded (FSDP2)
 
     # --- reading and checking -------------------------------------------------------------------
@@ -152,6 +155,9 @@ class TrainConfig:
                 bad("dpo.beta", f"{b!r} must be a finite number > 0")
             if self.dpo.reference not in DPO_REFERENCES:
                 bad("dpo.reference", f"{self.dpo.reference!r} must be one of {', '.join(DPO_REFERENCES)}")
+            w = self.dpo.sft_weight
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+                bad("dpo.sft_weight", f"{w!r} must be a finite number >= 0")
         if not isinstance(self.data, dict) or "type" not in self.data:
             bad("data", f"{self.data!r} must be a mapping with a 'type' (local | streaming)")
         o, s = self.optimizer, self.schedule

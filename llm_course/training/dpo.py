@@ -2,7 +2,7 @@
 
     llm-course dpo --config dpo-tiny-cpu                          # configs/train/dpo-tiny-cpu.yaml
     llm-course dpo --config dpo-course-lm --set dpo.beta=0.2
-    llm-course dpo --config dpo-course-lm --set dpo.sft_weight=1.0   # DPO + the chosen replies' SFT loss
+    llm-course dpo --config dpo-course-lm --set dpo.sft_weight=0.0   # plain DPO, no SFT term on the chosen replies
     torchrun --nproc_per_node 8 -m llm_course.training.dpo --config dpo-course-lm   # DDP
 
 **The objective.** For a prompt x with a preferred reply y_w ("chosen") and a worse one y_l
@@ -191,11 +191,12 @@ def train_dpo(cfg, *, resume="auto", info=None, print_fn=print):
     data = build_data(cfg, model, tokenizer_folder, info)
     if info.is_main:
         print_fn(f"DPO: {len(data.source.pairs) if hasattr(data.source, 'pairs') else 'streamed'} training pairs "
-                 f"({data.truncated} truncated), {len(data.val_pairs)} held out; beta={dpo.beta}, sft_weight={dpo.sft_weight}, "
+                 f"({data.truncated} truncated), {len(data.val_pairs)} held out; beta={dpo.beta}, "
+                 f"sft_weight={dpo.sft_weight}, "
                  f"reference: a frozen copy of {cfg.init_from or cfg.model_config_path}")  # fmt: skip
-    result = train(cfg, model=model, data=data, loss_fn=make_dpo_loss_fn(reference, dpo.beta, dpo.sft_weight),
-                   count_fn=count_pairs,
-                   resume=resume, info=info, print_fn=print_fn)  # fmt: skip
+    loss_fn = make_dpo_loss_fn(reference, dpo.beta, dpo.sft_weight)
+    result = train(cfg, model=model, data=data, loss_fn=loss_fn, count_fn=count_pairs, resume=resume, info=info,
+                   print_fn=print_fn)  # fmt: skip
     result.model_dir = None
     if result.stopped == "done" and info.is_main:
         result.model_dir = export_final_model(result, cfg, tokenizer_folder)
