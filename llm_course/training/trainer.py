@@ -380,7 +380,7 @@ def train(
     peak_flops = peak.tflops("fp32" if cfg.precision == "fp32" else "bf16") * 1e12 * info.world_size if peak else None
     if start is not None:
         log.say(f"resumed from {start} at step {step}")
-    log.say(f"training {cfg.model_config_path}: {inner.num_parameters():,} parameters, {info.world_size} process(es) "
+    log.say(f"training {cfg.init_from or cfg.model_config_path}: {inner.num_parameters():,} parameters, {info.world_size} process(es) "
             f"{f'({cfg.parallelism}) ' if info.enabled else ''}on {device}, {cfg.batch_size} x {cfg.grad_accum_steps} x {info.world_size} sequences of {block_size} "
             f"tokens per step, {cfg.max_steps} steps")  # fmt: skip
 
