@@ -153,14 +153,30 @@ def attribute(events, op_calls: list[OpCall], on_device: bool) -> Attribution:
                 backward_instance[e.sequence_nr] = inst
     memo.clear()
 
+    counted: dict[int, tuple] = {}  # id(event that counted FLOPs) -> (event, the kernels it launched)
+
     def make_call(name, us, start, end, launcher) -> KernelCall:
         inst, phase, _ = context(launcher) if launcher is not None else (None, "other", False)
         op = op_calls[inst].op if inst is not None else None
         call = KernelCall(name, us, start, end, op, phase, categorize(name, op, phase), inst)
-        if launcher is not None and launcher.flops and (not on_device or len(launcher.kernels) == 1):
-            call.profiler_flops = float(launcher.flops)
-            call.profiler_bytes = _mm_bytes(launcher.name, launcher.input_shapes, getattr(launcher, "input_dtypes", None))
+        if not on_device:  # a CPU op's own row: its own count
+            if launcher is not None and launcher.flops:
+                call.profiler_flops = float(launcher.flops)
+                call.profiler_bytes = _mm_bytes(launcher.name, launcher.input_shapes, getattr(launcher, "input_dtypes", None))
+            return call
+        src = launcher  # on a GPU the launch (cudaLaunchKernel); the FLOPs are on the aten op above it
+        while src is not None and not src.flops:
+            src = src.cpu_parent
+        if src is not None:
+            counted.setdefault(id(src), (src, []))[1].append(call)
         return call
+
+    def give_flops() -> None:
+        """An op's FLOP count goes to its kernel when it launched exactly one (else it is not split)."""
+        for src, calls in counted.values():
+            if len(calls) == 1:
+                calls[0].profiler_flops = float(src.flops)
+                calls[0].profiler_bytes = _mm_bytes(src.name, src.input_shapes, getattr(src, "input_dtypes", None))
 
     if on_device:
         device = [e for e in events if _is_device_event(e)]
@@ -182,6 +198,7 @@ def attribute(events, op_calls: list[OpCall], on_device: bool) -> Attribution:
             if _is_cpu_kernel(e):
                 out.calls.append(make_call(e.name, e.self_cpu_time_total, e.time_range.start, e.time_range.end, e))
         out.busy_us = sum(c.us for c in out.calls)
+    give_flops()
     return out
 
 
