@@ -7,16 +7,4 @@
 #
 # Every argument goes to `llm-course pretrain` (see `llm-course pretrain --help`). Running the
 # same command again resumes from the run's latest checkpoint.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-if [[ -z "${NUM_GPUS:-}" ]]; then
-  NUM_GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
-fi
-if [[ "$NUM_GPUS" -le 1 ]]; then
-  exec "$PYTHON" -m llm_course.training.pretrain "$@"
-fi
-# OMP_NUM_THREADS: torchrun would set 1; a few threads per process keep data loading quick.
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS" \
-  -m llm_course.training.pretrain "$@"
+exec "$(dirname "$0")/launch.sh" llm_course.training.pretrain "$@"

@@ -35,10 +35,12 @@ def _overrides(items: list[str]) -> dict:
     return out
 
 
-def run(args) -> int:
+def run_command(args, train_fn) -> int:
+    """What ``llm-course pretrain``, ``sft`` and ``dpo`` share: read the config (with ``--set``), start the
+    processes' group, run ``train_fn(cfg, resume=..., info=...)`` and turn how it ended into an exit status."""
+    from llm_course.data.pretrain import DataError
     from llm_course.training import distributed as D
     from llm_course.training.config import load_train_config
-    from llm_course.training.trainer import train
 
     try:
         cfg = load_train_config(args.config, overrides=_overrides(args.set))
@@ -48,10 +50,19 @@ def run(args) -> int:
     info = D.init_distributed(cfg.device)
     try:
         resume = args.resume_from or (False if args.no_resume else "auto")
-        result = train(cfg, resume=resume, info=info)
+        result = train_fn(cfg, resume=resume, info=info)
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         D.cleanup(info)
     return {"done": 0, "nan": 1, "interrupted": 130}[result.stopped]
+
+
+def run(args) -> int:
+    from llm_course.training.trainer import train
+
+    return run_command(args, train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,26 +107,9 @@ def train_sft(cfg, *, resume="auto", info=None, print_fn=print):
 
 
 def run(args) -> int:
-    from llm_course.data.pretrain import DataError
-    from llm_course.training import distributed as D
-    from llm_course.training.config import load_train_config
-    from llm_course.training.pretrain import _overrides
+    from llm_course.training.pretrain import run_command
 
-    try:
-        cfg = load_train_config(args.config, overrides=_overrides(args.set))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    info = D.init_distributed(cfg.device)
-    try:
-        resume = args.resume_from or (False if args.no_resume else "auto")
-        result = train_sft(cfg, resume=resume, info=info)
-    except (DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        D.cleanup(info)
-    return {"done": 0, "nan": 1, "interrupted": 130}[result.stopped]
+    return run_command(args, train_sft)
 
 
 def main(argv: list[str] | None = None) -> int:
