@@ -141,7 +141,10 @@ class Qwen2ForCausalLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
+        """Logits (B, T, V); with ``return_hidden`` the last hidden states (B, T, C) instead, before the
+        output layer (a fused loss multiplies them by ``lm_head.weight`` itself, chunk by chunk)."""
         B, T = check_input_ids("Qwen2ForCausalLM", input_ids)
         key_padding_mask = None
         if kv_cache is not None:
@@ -153,7 +156,7 @@ class Qwen2ForCausalLM(nn.Module):
             if position_ids is None:
                 position_ids = default_position_ids(B, T, key_padding_mask, input_ids.device)
         h = self.model(input_ids, position_ids.expand(B, T), key_padding_mask, kv_cache)  # (B, T, C)
-        return self.lm_head(h)  # (B, T, V)
+        return h if return_hidden else self.lm_head(h)  # (B, T, V)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters, a tied matrix counted once; ``non_embedding`` leaves out the token table."""

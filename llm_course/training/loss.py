@@ -19,13 +19,11 @@ the micro-batches' means would weigh a token of a short micro-batch more.
 which (on the Triton backend) computes the loss chunk by chunk of tokens and never holds
 the (B*T, V) logits: at Qwen2's vocabulary of 151,936 they are the largest tensor of the
 step. To get the hidden states the model is called as usual (through a DDP or
-``torch.compile`` wrapper too, so DDP still syncs the gradients) with its ``lm_head``
-swapped for an identity for the duration of the call.
+``torch.compile`` wrapper too, so DDP still syncs the gradients) with ``return_hidden=True``:
+it stops before its output layer.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch import nn
@@ -46,21 +44,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-@contextlib.contextmanager
-def without_head(model: nn.Module):
-    """Within the block the model returns its last hidden states (B, T, C); yields the output layer.
-
-    The model must have an ``lm_head`` with a ``weight`` (V, C) (GPT-2 and Qwen2 of the course do).
-    """
+def output_layer(model: nn.Module) -> nn.Module:
+    """The model's ``lm_head`` (through DDP and compile wrappers), with a ``weight`` (V, C)."""
     inner = unwrap(model)
     head = getattr(inner, "lm_head", None)
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise TypeError(f"causal_lm_loss(fused=True): {type(inner).__name__} has no lm_head with a weight")
-    inner.lm_head = nn.Identity()
-    try:
-        yield head
-    finally:
-        inner.lm_head = head
+    return head
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -92,8 +82,8 @@ def causal_lm_loss(
         logits = model(input_ids)  # (B, T, V)
         loss_sum = ops.cross_entropy(logits.flatten(0, 1), targets, ignore_index=ignore_index, reduction="sum")
         return loss_sum, n_tokens
-    with without_head(model) as head:
-        hidden = model(input_ids)  # (B, T, C): the model without its output layer
+    head = output_layer(model)
+    hidden = model(input_ids, return_hidden=True)  # (B, T, C): the model without its output layer
     dtype = _compute_dtype(hidden)
     bias = getattr(head, "bias", None)
     loss_sum = ops.fused_linear_cross_entropy(
