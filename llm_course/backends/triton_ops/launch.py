@@ -57,10 +57,18 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+_SM_COUNTS: dict[int, int] = {}
+
+
 def sm_count(device_index: int) -> int:
-    """The number of streaming multiprocessors of GPU ``device_index`` (asked once)."""
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+    """The number of streaming multiprocessors of GPU ``device_index`` (asked once).
+
+    A plain dict, not ``functools.lru_cache``: ``torch.compile`` traces through this function when
+    it compiles a model that launches the course's kernels, and cannot trace an lru_cache wrapper.
+    """
+    if device_index not in _SM_COUNTS:
+        _SM_COUNTS[device_index] = torch.cuda.get_device_properties(device_index).multi_processor_count
+    return _SM_COUNTS[device_index]
 
 
 def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
