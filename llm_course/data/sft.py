@@ -59,7 +59,8 @@ by a fixed permutation (the same for every training seed), or the records of ``v
 are held out. Each epoch shuffles the training examples with ``default_rng([seed, epoch])``;
 rank ``r`` of ``world_size`` reads every ``world_size``-th of them. The position is
 ``(epoch, cursor)``: ``state_dict()`` saves it, and a resumed run continues with the next
-example it has not used, so it sees no example twice.
+example it has not used, so it sees no example twice. A run resumed with a different number
+of ranks continues after the last example the old ranks used (:mod:`llm_course.data.reshard`).
 
 ``streaming: true`` reads the records lazily instead (local files line by line, or a data
 set of the Hugging Face Hub with ``provider: huggingface``), as :mod:`llm_course.data.streaming`
@@ -83,6 +84,7 @@ import numpy as np
 import torch
 
 from llm_course.data.pretrain import DataError, resolve_files
+from llm_course.data.reshard import check_saved_ranks, reshard_position
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -337,6 +339,13 @@ class _LocalSource:
                             f"{len(self.examples)} now: resuming needs the same data")  # fmt: skip
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
+    def reshard(self, states: list[dict]) -> None:
+        """Continue from the positions of another number of ranks (see :mod:`llm_course.data.reshard`)."""
+        check_saved_ranks(states, {"num_train_examples": len(self.examples)})
+        self.epoch, self.cursor = reshard_position(states, self.world_size, "cursor")
+        if self.cursor >= self.per_rank:  # past the end of the (now differently trimmed) epoch
+            self.epoch, self.cursor = self.epoch + 1, 0
+
 
 class _StreamSource:
     """Examples read lazily: ``records(epoch)`` yields this rank's records of an epoch, in order."""
@@ -383,6 +392,12 @@ class _StreamSource:
         self.epoch, self.used = int(state["epoch"]), int(state["used"])
         self._it = self._next = None
 
+    def reshard(self, states: list[dict]) -> None:
+        """Continue from the positions of another number of ranks (see :mod:`llm_course.data.reshard`);
+        past the end of the stream, the next read starts the next epoch."""
+        self.epoch, self.used = reshard_position(states, self.world_size, "used")
+        self._it = self._next = None
+
 
 def _shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
     """Items in a random order that only needs ``size`` of them in memory (as ``datasets`` shuffles a stream)."""
@@ -402,6 +417,8 @@ def _shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Ite
 class SFTData:
     """``next_batch`` / ``val_batches`` / ``state_dict`` / ``load_state_dict`` over chat examples
     (the pretraining protocol; see the module docstring). Built by :func:`build_sft_data`."""
+
+    can_reshard = True  # load_state_dict accepts the positions saved by another number of ranks
 
     def __init__(self, source, val_examples, *, block_size: int, packing: bool, pad_id: int, rank: int,
                  world_size: int, seed: int, stats: Stats, kind: str):  # fmt: skip
@@ -452,10 +469,18 @@ class SFTData:
                 "block_size": self.block_size, "packing": self.packing, **self.source.position()}  # fmt: skip
 
     def load_state_dict(self, state: dict | list[dict]) -> None:
-        """Continue from a saved position: this rank's dict, or the list of every rank's."""
+        """Continue from a saved position: this rank's dict, or the list of every rank's.
+
+        A list saved by a different number of ranks is re-sharded (:mod:`llm_course.data.reshard`):
+        the new ranks continue after the last example any old rank used in the latest epoch, so
+        none is used twice; a few are skipped for this epoch (fewer than the number of ranks when
+        the rows hold one example each; with ``packing``, also those a slower rank had not reached).
+        """
         if isinstance(state, list):
             if len(state) != self.world_size:
-                raise DataError(f"data state: {len(state)} ranks saved, {self.world_size} now")
+                check_saved_ranks(state, {key: getattr(self, key) for key in ("kind", "seed", "block_size", "packing")})
+                self.source.reshard(state)
+                return
             state = state[self.rank]
         for key in ("kind", "rank", "world_size", "seed", "block_size", "packing"):
             if state.get(key) != getattr(self, key):
