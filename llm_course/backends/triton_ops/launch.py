@@ -19,7 +19,6 @@ after the first call.
 
 from __future__ import annotations
 
-
 from llm_course.device import configure_triton, is_gpu, is_interpreter
 
 configure_triton()
