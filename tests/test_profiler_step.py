@@ -200,3 +200,15 @@ def test_gpu_step_profile(backend, tmp_path):
     assert ops_by[("attention", "backward")].bound in ("compute", "memory")
     assert any(k.flops_source for k in p.kernels), "no kernel got a FLOPs estimate"
     json.loads((tmp_path / "trace.json").read_text())
+
+
+def test_kernel_rows_add_up_to_the_categories(step_profile):
+    """A kernel name that runs in two categories (a GEMM in the layers and in the loss) is two rows."""
+    p, _ = step_profile
+    per_cat = {}
+    for k in p.kernels:
+        per_cat[k.category] = per_cat.get(k.category, 0.0) + k.total_us
+    for c in p.categories:
+        if c.category != "idle":
+            assert abs(per_cat.get(c.category, 0.0) - c.time_us) <= 1e-6 * max(1.0, c.time_us), c.category
+    assert len({(k.name, k.category) for k in p.kernels}) == len(p.kernels)

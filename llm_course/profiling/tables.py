@@ -91,38 +91,38 @@ def _place(row, t: float, ceilings: Ceilings | None) -> None:
 
 
 def kernel_rows(att: Attribution, ceilings: Ceilings | None = None) -> list[KernelRow]:
-    """One row per kernel name, most time first."""
+    """One row per (kernel name, category), most time first: the same kernel (a GEMM) run for the
+    loss and for the layers is two rows, so the table adds up to the categories' times."""
     total = sum(c.us for c in att.calls) or 1.0
-    by_name: dict[str, list] = defaultdict(list)
+    by_key: dict[tuple[str, str], list] = defaultdict(list)
     for c in att.calls:
-        by_name[c.name].append(c)
+        by_key[(c.name, c.category)].append(c)
     # op estimates of the (op call, phase) groups that launched a single kernel name
-    op_flops: dict[str, float] = defaultdict(float)
-    op_bytes: dict[str, float] = defaultdict(float)
+    op_flops: dict[tuple[str, str], float] = defaultdict(float)
+    op_bytes: dict[tuple[str, str], float] = defaultdict(float)
     covered: set[int] = set()  # id() of calls covered by an op estimate
     for (inst, phase), calls in group_by_instance(att.calls).items():
-        names = {c.name for c in calls}
+        keys = {(c.name, c.category) for c in calls}
         oc = att.op_calls[inst]
         fl, by = (oc.fwd_flops, oc.fwd_bytes) if phase == "forward" else (oc.bwd_flops, oc.bwd_bytes)
-        if len(names) == 1 and fl > 0 and by > 0:
-            name = names.pop()
-            op_flops[name] += fl
-            op_bytes[name] += by
+        if len(keys) == 1 and fl > 0 and by > 0:
+            key = keys.pop()
+            op_flops[key] += fl
+            op_bytes[key] += by
             covered.update(id(c) for c in calls)
     rows = []
-    for name, calls in by_name.items():
+    for key, calls in by_key.items():
+        name, category = key
         us = sum(c.us for c in calls)
         ops = Counter(f"{c.op}.{c.phase}" if c.op else ("optimizer" if c.phase == "optimizer" else "") for c in calls)
-        cats = Counter(c.category for c in calls)
-        row = KernelRow(name, cats.most_common(1)[0][0], len(calls), us, us / len(calls), us / total,
-                        ops.most_common(1)[0][0])  # fmt: skip
+        row = KernelRow(name, category, len(calls), us, us / len(calls), us / total, ops.most_common(1)[0][0])
         rest = [c for c in calls if id(c) not in covered]
         if all(c.profiler_flops and c.profiler_bytes for c in rest):
-            fl = op_flops.get(name, 0.0) + sum(c.profiler_flops for c in rest)
-            by = op_bytes.get(name, 0.0) + sum(c.profiler_bytes for c in rest)
+            fl = op_flops.get(key, 0.0) + sum(c.profiler_flops for c in rest)
+            by = op_bytes.get(key, 0.0) + sum(c.profiler_bytes for c in rest)
             if fl > 0 and by > 0:
                 row.flops, row.bytes = fl, by
-                row.flops_source = "+".join(s for s, on in (("op", name in op_flops), ("profiler", bool(rest))) if on)
+                row.flops_source = "+".join(s for s, on in (("op", key in op_flops), ("profiler", bool(rest))) if on)
         _place(row, us, ceilings)
         rows.append(row)
     rows.sort(key=lambda r: r.total_us, reverse=True)
