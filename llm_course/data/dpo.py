@@ -41,6 +41,8 @@ is a :class:`DataError` naming the file and the line. The last ``val_fraction`` 
 (default 0.05; at least one), or the records of ``val_path``, are held out. Each epoch shuffles
 the training pairs with ``default_rng([seed, epoch])``; rank ``r`` of ``world_size`` reads every
 ``world_size``-th of them; the position ``(epoch, cursor)`` is what ``state_dict()`` saves.
+A run resumed with a different number of ranks continues after the pairs the old ranks read
+together (:mod:`llm_course.data.reshard`), in both modes.
 
 ``type: streaming`` reads the records lazily (local files with ``provider: local``, or a data
 set of the Hugging Face Hub with ``provider: huggingface``, ``subset``, ``split``): the first
@@ -61,6 +63,7 @@ import numpy as np
 import torch
 
 from llm_course.data.pretrain import DataError, resolve_files
+from llm_course.data.reshard import check_saved_ranks, reshard_position
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -205,6 +208,8 @@ class DPOData:
     stream); ``val_pairs`` are the held-out pairs, already tokenized and fitted.
     """
 
+    can_reshard = True  # load_state_dict accepts the positions saved by another number of ranks
+
     def __init__(self, source, val_pairs: list, *, pad_id: int):
         self.source, self.val_pairs, self.pad_id = source, val_pairs, pad_id
 
@@ -228,8 +233,19 @@ class DPOData:
         return self.source.state_dict()
 
     def load_state_dict(self, state: dict | list[dict]) -> None:
+        """Continue from a saved position: this rank's dict, or the list of every rank's.
+
+        A list saved by a different number of ranks is re-sharded (:mod:`llm_course.data.reshard`):
+        the ranks read one pair per row, in step, so the pairs read by all old ranks together are
+        a count ``g``; each new rank continues at pair ``ceil(g / W')`` of its share. No pair is
+        read twice; fewer than ``W'`` are skipped for this epoch.
+        """
         if isinstance(state, list):
-            state = state[self.source.rank] if len(state) > self.source.rank else state[0]
+            if len(state) != self.source.world_size:
+                check_saved_ranks(state, {"kind": self.source.kind, "seed": self.source.seed})
+                self.source.reshard(state)
+                return
+            state = state[self.source.rank]
         self.source.load_state_dict(state)
 
 
@@ -275,6 +291,13 @@ class _LocalPairs:
                                 "resuming needs the same data, seed and number of ranks")  # fmt: skip
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
+    def reshard(self, states: list[dict]) -> None:
+        """Continue from the positions of another number of ranks (see :mod:`llm_course.data.reshard`)."""
+        check_saved_ranks(states, {"num_pairs": len(self.pairs)})
+        self.epoch, self.cursor = reshard_position(states, self.world_size, "cursor")
+        if self.cursor >= self.per_rank:  # past the end of the (now differently trimmed) epoch
+            self.epoch, self.cursor = self.epoch + 1, 0
+
 
 class _StreamPairs:
     """Training pairs read lazily from ``records(epoch)`` (an iterable of ``(where, record)``)."""
@@ -315,6 +338,12 @@ class _StreamPairs:
             if state.get(key) != want:
                 raise DataError(f"data state: {key} is {state.get(key)!r} in the checkpoint but {want!r} now")
         self.epoch, self.read, self._it = int(state["epoch"]), int(state["read"]), None
+
+    def reshard(self, states: list[dict]) -> None:
+        """Continue from the positions of another number of ranks (see :mod:`llm_course.data.reshard`);
+        past the end of the stream, the next read starts the next epoch."""
+        self.epoch, self.read = reshard_position(states, self.world_size, "read")
+        self._it = None
 
 
 def build_dpo_data(cfg_data: dict, tokenizer, block_size: int, *, rank: int = 0, world_size: int = 1,

@@ -67,7 +67,7 @@ set of the Hugging Face Hub with ``provider: huggingface``), as :mod:`llm_course
 does for pretraining: the first ``val_examples`` records are held out, a shuffle buffer of
 ``shuffle_buffer`` records (seeded by ``(seed, epoch)``) mixes the rest, rank ``r`` keeps the
 records ``r`` mod ``world_size``, and a resumed run re-opens the stream and skips (without
-tokenizing) the records it already used.
+tokenizing) the records it already used (re-sharded as above when the number of ranks changed).
 """
 
 from __future__ import annotations
