@@ -22,7 +22,7 @@ repository root):
 
 From the command line, a run's latest checkpoint becomes a model folder to ship::
 
-    python -m llm_course.training.export runs/course-lm --out models/course-lm --dtype bf16
+    python -m llm_course.training.export runs/course-lm --out models/course-lm --dtype bf16 --max-shard-size 4MB
 """
 
 from __future__ import annotations
@@ -101,15 +101,16 @@ def tokenizer_folder_of(init_from: str | Path | None) -> Path:
 
 
 def save_model_folder(model: torch.nn.Module, folder: str | Path, *, tokenizer_folder: str | Path | None = None,
-                      dtype: torch.dtype | None = None) -> Path:  # fmt: skip
+                      dtype: torch.dtype | None = None, max_shard_size: int | str | None = None) -> Path:  # fmt: skip
     """Write ``model`` as a plain model folder: weights (``save_pretrained``, in ``dtype``; None: as they
-    are), the tokenizer files of ``tokenizer_folder`` (default: the course's) and a
+    are; in files of at most ``max_shard_size`` when given), the tokenizer files of
+    ``tokenizer_folder`` (default: the course's) and a
     ``generation_config.json`` that stops generation at ``<|im_end|>`` and ``<|endoftext|>``."""
     from llm_course.generation.chat import course_tokenizer_dir
     from llm_course.models.hf_weights import save_pretrained
 
     tok_dir = Path(tokenizer_folder) if tokenizer_folder is not None else course_tokenizer_dir()
-    target = save_pretrained(model, folder, dtype=dtype)
+    target = save_pretrained(model, folder, dtype=dtype, max_shard_size=max_shard_size)
     for name in TOKENIZER_FILES:
         if (tok_dir / name).is_file():
             shutil.copy2(tok_dir / name, target / name)
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="a run folder, a checkpoints folder, a step_* checkpoint or a model folder")
     parser.add_argument("--out", required=True, help="the model folder to write")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: as saved)")
+    parser.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                        help="split the weights into files of at most SIZE ('4MB'; default: one file)")  # fmt: skip
     args = parser.parse_args(argv)
     from llm_course.models.hf_weights import load_pretrained
 
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = load_pretrained(folder)
     out = save_model_folder(model, args.out, tokenizer_folder=tokenizer_folder_of(args.source),
-                            dtype=DTYPES[args.dtype] if args.dtype else None)  # fmt: skip
+                            dtype=DTYPES[args.dtype] if args.dtype else None, max_shard_size=args.max_shard_size)  # fmt: skip
     print(f"wrote {out} (from {folder})")
     return 0
 
