@@ -17,9 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+from llm_course.generation.loading import DTYPES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,13 +57,11 @@ def format_table(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from llm_course.data.tasks import load_eval, read_records
-    from llm_course.device import get_device, is_gpu
     from llm_course.evaluation.accuracy import task_accuracy
     from llm_course.evaluation.preference import preference_accuracy
-    from llm_course.generation.loading import load_for_generation, warn
+    from llm_course.generation.loading import device_and_dtype, load_for_generation, warn
 
-    device = get_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (None if is_gpu(device) else torch.float32)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     try:
         records = load_eval(args.eval)[: args.limit]
         pairs = read_records(args.pairs, ("prompt", "chosen", "rejected")) if args.pairs else None

@@ -42,9 +42,9 @@ from typing import Callable
 import torch
 
 from llm_course.generation.generate import generate
+from llm_course.generation.loading import DTYPES
 from llm_course.generation.streaming import TextStreamer
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /exit"
 
@@ -202,11 +202,9 @@ def _read_line(interactive: bool) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from llm_course.backends.registry import use_backend
-    from llm_course.device import get_device, is_gpu
-    from llm_course.generation.loading import load_for_generation, warn
+    from llm_course.generation.loading import device_and_dtype, load_for_generation, warn
 
-    device = get_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (None if is_gpu(device) else torch.float32)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     try:
         loaded = load_for_generation(args.model, device=device, dtype=dtype, seed=args.seed or 0)
     except (FileNotFoundError, ValueError) as e:

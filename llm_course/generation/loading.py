@@ -107,6 +107,18 @@ def _eos_ids(folder: Path | None, model_config, tokenizer: FolderTokenizer) -> l
     return list(dict.fromkeys(ids))
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # a command's --dtype
+
+
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype | None]:
+    """What a command that loads a model runs in: ``--device`` (default: the GPU when there is one) and
+    ``--dtype`` (a key of :data:`DTYPES`; default: float32 on the CPU, the checkpoint's own on a GPU)."""
+    from llm_course.device import get_device, is_gpu
+
+    dev = get_device(device)
+    return dev, DTYPES[dtype] if dtype else (None if is_gpu(dev) else torch.float32)
+
+
 def load_for_generation(
     name_or_path: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None, seed: int = 0
 ) -> Loaded:
