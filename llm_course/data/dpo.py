@@ -59,11 +59,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from llm_course.data.pretrain import DataError, resolve_files
-from llm_course.data.reshard import check_saved_ranks, reshard_position
+from llm_course.data.reshard import ShuffledShard, check_saved_ranks, reshard_position
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -249,7 +248,7 @@ class DPOData:
         self.source.load_state_dict(state)
 
 
-class _LocalPairs:
+class _LocalPairs(ShuffledShard):
     """Tokenized training pairs in memory, a permutation per epoch, this rank's share of it."""
 
     kind = "dpo-local"
@@ -257,26 +256,14 @@ class _LocalPairs:
     def __init__(self, pairs: list, truncated: int, *, rank: int, world_size: int, seed: int, source: str):
         if not (0 <= rank < world_size):
             raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
+        super().__init__(len(pairs), rank, world_size, seed)
         self.pairs, self.truncated = pairs, truncated
-        self.rank, self.world_size, self.seed = rank, world_size, int(seed)
-        self.per_rank = len(pairs) // world_size
         if self.per_rank < 1:
             raise DataError(f"{source}: {len(pairs)} training pair(s), too few for {world_size} rank(s)")
-        self.epoch, self.cursor = 0, 0
-        self._perm_epoch, self._shard = -1, np.empty(0, dtype=np.int64)
-
-    def shard(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
-            self._shard = perm[: self.per_rank * self.world_size][self.rank :: self.world_size]
-            self._perm_epoch = epoch
-        return self._shard
 
     def next_pair(self):
-        pair = self.pairs[int(self.shard(self.epoch)[self.cursor])]
-        self.cursor += 1
-        if self.cursor >= self.per_rank:
-            self.epoch, self.cursor = self.epoch + 1, 0
+        pair = self.pairs[self.current()]
+        self.advance()
         return pair
 
     def state_dict(self) -> dict:
@@ -292,11 +279,7 @@ class _LocalPairs:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
     def reshard(self, states: list[dict]) -> None:
-        """Continue from the positions of another number of ranks (see :mod:`llm_course.data.reshard`)."""
-        check_saved_ranks(states, {"num_pairs": len(self.pairs)})
-        self.epoch, self.cursor = reshard_position(states, self.world_size, "cursor")
-        if self.cursor >= self.per_rank:  # past the end of the (now differently trimmed) epoch
-            self.epoch, self.cursor = self.epoch + 1, 0
+        super().reshard(states, {"num_pairs": len(self.pairs)})
 
 
 class _StreamPairs:

@@ -24,6 +24,8 @@ one rank may have used more than another), the examples a slower rank had not re
 
 from __future__ import annotations
 
+import numpy as np
+
 from llm_course.data.pretrain import DataError
 
 
@@ -57,3 +59,43 @@ def reshard_position(states: list[dict], world_size: int, count_key: str) -> tup
     (``count_key``: the name of the per-rank count, e.g. ``"cursor"``). See the module docstring."""
     epoch, end = read_end(states, count_key)
     return epoch, -(-end // world_size)  # ceil: skip fewer than world_size rather than repeat
+
+
+class ShuffledShard:
+    """A rank's share of ``n_items`` examples held in memory, epoch after epoch.
+
+    Epoch ``e`` is a permutation seeded by ``(seed, e)``, trimmed to a multiple of ``world_size``
+    (so every rank gets ``per_rank`` examples and the ranks stay in step); rank ``r`` reads its
+    items ``r, r + W, ...``. The position is ``(epoch, cursor)``: ``cursor`` examples of this
+    epoch used. The SFT and DPO data sets of local files hold one each.
+    """
+
+    def __init__(self, n_items: int, rank: int, world_size: int, seed: int):
+        self.n_items, self.rank, self.world_size, self.seed = n_items, rank, world_size, int(seed)
+        self.per_rank = n_items // world_size
+        self.epoch, self.cursor = 0, 0
+        self._perm_epoch, self._shard = -1, np.empty(0, dtype=np.int64)
+
+    def shard(self, epoch: int) -> np.ndarray:
+        """This rank's item indices of ``epoch``, in reading order."""
+        if epoch != self._perm_epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
+            self._shard = perm[: self.per_rank * self.world_size][self.rank :: self.world_size]
+            self._perm_epoch = epoch
+        return self._shard
+
+    def current(self) -> int:
+        """The index of the next item to read."""
+        return int(self.shard(self.epoch)[self.cursor])
+
+    def advance(self) -> None:
+        self.cursor += 1
+        if self.cursor >= self.per_rank:
+            self.epoch, self.cursor = self.epoch + 1, 0
+
+    def reshard(self, states: list[dict], expect: dict) -> None:
+        """Continue from the saved positions of another number of ranks (see the module docstring)."""
+        check_saved_ranks(states, expect)
+        self.epoch, self.cursor = reshard_position(states, self.world_size, "cursor")
+        if self.cursor >= self.per_rank:  # past the end of the (now differently trimmed) epoch
+            self.epoch, self.cursor = self.epoch + 1, 0

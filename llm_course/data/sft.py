@@ -84,7 +84,7 @@ import numpy as np
 import torch
 
 from llm_course.data.pretrain import DataError, resolve_files
-from llm_course.data.reshard import check_saved_ranks, reshard_position
+from llm_course.data.reshard import ShuffledShard, check_saved_ranks, reshard_position
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -306,29 +306,15 @@ class Stats:
     warned: bool = field(default=False, repr=False)
 
 
-class _LocalSource:
+class _LocalSource(ShuffledShard):
     """Training examples in memory; this rank's order of epoch e is ``perm(seed, e)[rank::world_size]``."""
 
     def __init__(self, examples, rank, world_size, seed):
-        self.examples, self.rank, self.world_size, self.seed = examples, rank, world_size, seed
-        self.per_rank = len(examples) // world_size
-        self.epoch, self.cursor = 0, 0
-        self._perm_epoch, self._shard = -1, np.empty(0, dtype=np.int64)
-
-    def shard(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-            self._shard = perm[: self.per_rank * self.world_size][self.rank :: self.world_size]
-            self._perm_epoch = epoch
-        return self._shard
+        super().__init__(len(examples), rank, world_size, seed)
+        self.examples = examples
 
     def peek(self):
-        return self.examples[int(self.shard(self.epoch)[self.cursor])]
-
-    def advance(self) -> None:
-        self.cursor += 1
-        if self.cursor >= self.per_rank:
-            self.epoch, self.cursor = self.epoch + 1, 0
+        return self.examples[self.current()]
 
     def position(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "num_train_examples": len(self.examples)}
@@ -340,11 +326,7 @@ class _LocalSource:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
     def reshard(self, states: list[dict]) -> None:
-        """Continue from the positions of another number of ranks (see :mod:`llm_course.data.reshard`)."""
-        check_saved_ranks(states, {"num_train_examples": len(self.examples)})
-        self.epoch, self.cursor = reshard_position(states, self.world_size, "cursor")
-        if self.cursor >= self.per_rank:  # past the end of the (now differently trimmed) epoch
-            self.epoch, self.cursor = self.epoch + 1, 0
+        super().reshard(states, {"num_train_examples": len(self.examples)})
 
 
 class _StreamSource:
