@@ -51,12 +51,13 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """LayerNorm over the last dimension. x (..., N), weight and bias (N,)."""
 
 
-@op(torch="matmul:matmul", triton="matmul:matmul", exercise="stage1_kernels/matmul:matmul", check=checks.matmul)
+@op(torch="matmul:matmul", triton="matmul:matmul", exercise="stage1_kernels/matmul:matmul",
+    check=checks.matmul, autocast=True)
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Matrix product. a (M, K), b (K, N) -> (M, N), accumulated in float32."""
 
 
-@op(torch="matmul:linear", triton="linear:linear", check=checks.linear)
+@op(torch="matmul:linear", triton="linear:linear", check=checks.linear, autocast=True)
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias``. x (..., K), weight (N, K) as in nn.Linear, bias (N,) -> (..., N)."""
 

@@ -481,3 +481,24 @@ def test_bf16_autocast_trains_on_the_torch_backend(name):
         loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
     torch.testing.assert_close(loss.detach(), ref.detach(), atol=0.05, rtol=0.01)
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "qwen2-tiny"])
+def test_autocast_trains_on_the_triton_backend(name):
+    """The Triton backend under autocast computes its matrix products in autocast's dtype, as the
+    torch backend does (float16 here: the interpreter has no bfloat16), with the same loss and gradients."""
+    from llm_course.backends import use_backend
+    from llm_course.training.loss import fused_loss_fn, loss_fn
+
+    grads = {}
+    for backend, fn in (("torch", loss_fn), ("triton", fused_loss_fn)):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_name(name)
+        x = torch.randint(0, model.config.vocab_size, (2, 16))
+        with use_backend(backend), torch.autocast("cpu", dtype=torch.float16):
+            loss = fn(model, x, x)
+        loss.backward()
+        grads[backend] = (loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads["triton"][0], grads["torch"][0], atol=2e-3, rtol=1e-3)
+    rel = (grads["triton"][1] - grads["torch"][1]).norm() / grads["torch"][1].norm()
+    assert rel < 5e-3, f"{name}: the Triton backend's gradients under autocast differ from torch's by {rel:.1e}"

@@ -266,3 +266,32 @@ def test_linear_gpu_forward_backward(dtype):
     _no_worse_than_torch(y, y_t, y64, f"linear forward {dtype}")
     for name, ours, theirs, ref in zip(("dx", "dweight", "dbias"), (x, w, b), leaves_t, leaves64):
         _no_worse_than_torch(ours.grad, theirs.grad, ref.grad, f"linear {name} {dtype}", factor=3.0)
+
+
+# --- autocast ---------------------------------------------------------------------------------
+#
+# Autocast cannot see into a kernel launched from an autograd.Function, so the op casts a
+# matrix product's inputs itself (registry.autocast_inputs). Without that, a Triton linear
+# under bf16 autocast multiplies the float32 master weights in float32: right numbers, but
+# many times slower than the tensor cores' bf16 (the GPT-2 training step ran 10x slower).
+# float16 here: the CPU interpreter does not compute in bfloat16.
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", ["linear", "matmul"])
+def test_matrix_products_follow_autocast(rng, backend, name):
+    x = _rand(rng, 9, 24).requires_grad_()  # float32, like a residual stream
+    w = _rand(rng, 24, 24).requires_grad_()  # float32 master weights
+    with use_backend(backend), torch.autocast(DEV.type, dtype=torch.float16):
+        out = ops.linear(x, w) if name == "linear" else ops.matmul(x, w)
+    assert out.dtype == torch.float16, f"{backend} {name} under float16 autocast returned {out.dtype}"
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and w.grad.dtype == torch.float32  # the casts are differentiable
+    ref = x.detach().half().double() @ (w.detach().half().double().T if name == "linear" else w.detach().half().double())
+    assert_close(out, ref.to(DEV), hint=f"{backend} {name} under autocast")
+
+
+def test_matrix_products_ignore_autocast_when_off(rng):
+    x, w = _rand(rng, 9, 24), _rand(rng, 24, 24)
+    with use_backend("triton"), torch.autocast(DEV.type, dtype=torch.float16, enabled=False):
+        assert ops.linear(x, w).dtype == torch.float32

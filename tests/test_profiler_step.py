@@ -212,3 +212,33 @@ def test_kernel_rows_add_up_to_the_categories(step_profile):
         if c.category != "idle":
             assert abs(per_cat.get(c.category, 0.0) - c.time_us) <= 1e-6 * max(1.0, c.time_us), c.category
     assert len({(k.name, k.category) for k in p.kernels}) == len(p.kernels)
+
+
+# --- reading PyTorch 2.11's events (no GPU needed: the events are built by hand) --------------
+
+
+def _event(name, start, end, *, id, parent=None, kernels=(), flops=0, shapes=(), dtypes=(), device="CPU"):
+    from types import SimpleNamespace as NS
+
+    return NS(name=name, device_type=NS(name=device), time_range=NS(start=start, end=end), id=id,
+              cpu_parent=parent, is_async=False, kernels=[NS(name=k, duration=d) for k, d in kernels], flops=flops,
+              input_shapes=list(shapes), input_dtypes=list(dtypes), sequence_nr=-1, is_user_annotation=False,
+              self_cpu_time_total=end - start)  # fmt: skip
+
+
+def test_old_events_count_a_kernel_once_and_give_it_its_flops():
+    """In PyTorch 2.11 a GEMM's kernel is listed by its aten::mm *and* by the profiler's bookkeeping
+    event inside it, with the same id; counted twice it would double the time and lose its FLOPs."""
+    from llm_course.profiling.events import attribute
+    from llm_course.profiling.tables import kernel_rows
+
+    M = N = K = 256
+    mm = _event("aten::mm", 0.0, 10.0, id=7, kernels=[("nvjet_gemm", 5.0)], flops=2 * M * N * K,
+                shapes=[[M, K], [K, N]], dtypes=["c10::BFloat16", "c10::BFloat16"])  # fmt: skip
+    buf = _event("Activity Buffer Request", 1.0, 2.0, id=7, parent=mm, kernels=[("nvjet_gemm", 5.0)])
+    launch = _event("cuLaunchKernelEx", 2.0, 3.0, id=8, parent=mm)
+    gpu = _event("nvjet_gemm", 20.0, 25.0, id=9, device="CUDA")
+    att = attribute([mm, buf, launch, gpu], [], on_device=True)
+    assert [c.name for c in att.calls] == ["nvjet_gemm"]
+    (row,) = kernel_rows(att)
+    assert row.flops == 2 * M * N * K and row.flops_source == "profiler" and row.calls == 1

@@ -68,6 +68,7 @@ class OpSpec:
     implementations: dict[str, str | Callable] = field(default_factory=dict)  # backend -> target
     exercise: str | None = None  # "topic:function" of the learner's answer, if any
     check: Callable | None = None  # runs before every backend, with the op's arguments
+    autocast: bool = False  # a matrix product: under autocast, its inputs are cast first (see autocast_inputs)
 
 
 _OPS: dict[str, OpSpec] = {}
@@ -90,24 +91,28 @@ def op(
     triton: str | Callable | None = None,
     exercise: str | None = None,
     check: Callable | None = None,
+    autocast: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Declare the decorated function as an op; returns the function models call.
 
     ``torch`` and ``triton`` are ``"module:function"`` (e.g. ``"norms:rms_norm"``, in
     ``torch_ops`` or ``triton_ops``) or callables; ``exercise`` is the learner's
     ``"topic:function"`` (e.g. ``"stage1_kernels/rmsnorm:rms_norm"``); ``check`` is
-    called with the op's arguments before any backend (``llm_course/backends/checks.py``).
+    called with the op's arguments before any backend (``llm_course/backends/checks.py``);
+    ``autocast=True`` marks a matrix product, whose inputs autocast's dtype applies to.
     The decorated function's body is not run: its signature and docstring are the op's.
     """
 
     def decorate(fn: Callable) -> Callable:
         spec = declare(fn.__name__, inspect.signature(fn), inspect.getdoc(fn) or "",
-                       torch=torch, triton=triton, exercise=exercise, check=check)  # fmt: skip
+                       torch=torch, triton=triton, exercise=exercise, check=check, autocast=autocast)  # fmt: skip
 
         @functools.wraps(fn)
         def run(*args, **kwargs):
             if spec.check is not None:
                 spec.check(*args, **kwargs)
+            if spec.autocast:
+                args, kwargs = autocast_inputs(args, kwargs)
             return implementation(spec.name)(*args, **kwargs)
 
         run.spec = spec
@@ -125,13 +130,36 @@ def declare(
     triton: str | Callable | None = None,
     exercise: str | None = None,
     check: Callable | None = None,
+    autocast: bool = False,
 ) -> OpSpec:
     """Record an op (what :func:`op` does). Declaring a name twice is an error."""
     if name in _OPS:
         raise ValueError(f"op {name!r} is declared twice")
     impls = {"torch": torch} if triton is None else {"torch": torch, "triton": triton}
-    spec = _OPS[name] = OpSpec(name, signature, doc, impls, exercise, check)
+    spec = _OPS[name] = OpSpec(name, signature, doc, impls, exercise, check, autocast)
     return spec
+
+
+def autocast_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Under ``torch.autocast``, cast a matrix product's floating-point inputs to autocast's dtype.
+
+    PyTorch's own ``F.linear`` and ``torch.matmul`` do this themselves, but autocast
+    cannot see inside a kernel launched from a ``torch.autograd.Function``: without this
+    cast a Triton ``linear`` would receive the float32 master weights and activations and
+    multiply in float32, many times slower than bf16 on the tensor cores. The cast is an
+    ordinary differentiable op, so the gradients still reach the float32 weights.
+    """
+    import torch  # already imported by anything that runs an op
+
+    first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type):
+        return args, kwargs
+    dtype = torch.get_autocast_dtype(first.device.type)
+
+    def cast(a):
+        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
 
 def _spec(op: str) -> OpSpec:
@@ -275,4 +303,6 @@ def dispatch(op: str, *args, **kwargs):
     spec = _spec(op)
     if spec.check is not None:
         spec.check(*args, **kwargs)
+    if spec.autocast:
+        args, kwargs = autocast_inputs(args, kwargs)
     return implementation(op)(*args, **kwargs)

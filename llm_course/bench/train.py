@@ -20,8 +20,9 @@ The paths:
 ``triton+cublas``
     The Triton backend with the matrix products (``ops.linear``) on PyTorch's, i.e. cuBLAS:
     the course's kernels for everything but the GEMMs.
-``triton.compile``
-    The Triton backend under ``torch.compile``: inductor fuses the glue around the course's kernels.
+``triton.compile`` / ``triton+cublas.compile``
+    The Triton backend (with the GEMMs on cuBLAS for the second) under ``torch.compile``:
+    inductor fuses the glue around the course's kernels.
 
 For each: tokens/s and MFU from the **wall** time of back-to-back steps (host work
 included: what a user pays), the **GPU** time of one step (the kernels' busy time from
@@ -49,7 +50,7 @@ import torch
 from llm_course.bench.common import free_memory, metadata, output_dir, write_meta
 from llm_course.device import get_device, is_gpu, synchronize
 
-PATHS = ("baseline.compile", "torch", "torch.compile", "triton", "triton+cublas", "triton.compile")
+PATHS = ("baseline.compile", "torch", "torch.compile", "triton", "triton+cublas", "triton.compile", "triton+cublas.compile")
 
 
 @dataclass

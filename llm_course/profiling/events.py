@@ -187,11 +187,18 @@ def attribute(events, op_calls: list[OpCall], on_device: bool) -> Attribution:
                 s, t = e.time_range.start, e.time_range.end
                 out.calls.append(make_call(e.name, t - s, s, t, by_corr.get(e.linked_correlation_id)))
         else:  # older PyTorch (2.11): the launching CPU event lists its kernels (name, duration)
-            for e in cpu:
-                if not e.is_async:
-                    for k in getattr(e, "kernels", None) or []:
-                        s = e.time_range.start
-                        out.calls.append(make_call(k.name, k.duration, s, s + k.duration, e))
+            # The profiler's own bookkeeping ("Activity Buffer Request", "Lazy Function Loading")
+            # can sit inside the launching op with the op's id and list the same kernels again:
+            # the outermost event of an id (the first to start) is the launcher, the others repeats.
+            seen: set[int] = set()
+            for e in sorted(cpu, key=lambda e: e.time_range.start):
+                kernels = getattr(e, "kernels", None) or []
+                if e.is_async or not kernels or e.id in seen:
+                    continue
+                seen.add(e.id)
+                for k in kernels:
+                    s = e.time_range.start
+                    out.calls.append(make_call(k.name, k.duration, s, s + k.duration, e))
         out.busy_us = _union_us([(e.time_range.start, e.time_range.end) for e in device])
     else:
         for e in cpu:

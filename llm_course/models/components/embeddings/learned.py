@@ -40,6 +40,8 @@ class LearnedPositionalEmbedding(nn.Module):
         """position_ids (B, T) or (T,) int -> (B, T, hidden_size) or (T, hidden_size)."""
         if position_ids.dtype.is_floating_point:
             raise TypeError("LearnedPositionalEmbedding: position_ids must be integers")
+        if torch.compiler.is_compiling():  # no reading values back while torch.compile traces
+            return ops.embedding(position_ids, self.weight)
         if position_ids.numel() and (int(position_ids.max()) >= self.max_position_embeddings or int(position_ids.min()) < 0):
             raise ValueError(
                 f"LearnedPositionalEmbedding: positions must be in 0 .. {self.max_position_embeddings - 1}, got "
