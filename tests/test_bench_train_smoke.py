@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from llm_course.bench import train
 from llm_course.cli import BENCHES
 
@@ -28,7 +30,36 @@ def test_tiny_run_writes_csv_meta_and_chart(tmp_path, capsys):
 
 
 def test_unknown_path_is_an_error_naming_it(tmp_path):
-    import pytest
-
     with pytest.raises(SystemExit, match="no-such-path"):
         train.main(["--paths", "torch,no-such-path", "--out", str(tmp_path)])
+
+
+def test_graph_path_on_a_cpu_is_a_row_naming_the_gpu_it_needs(tmp_path):
+    args = ["--models", "gpt2-tiny", "--paths", "triton.graph", "--batch", "1", "--seq", "8",
+            "--warmup", "1", "--steps", "1", "--device", "cpu", "--out", str(tmp_path)]  # fmt: skip
+    assert train.main(args) == 0
+    (row,) = train.read_csv(tmp_path / "train.csv")
+    assert "need a CUDA GPU" in row.error
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["triton+cublas.graph", "triton.graph"])
+def test_graph_step_trains_like_the_eager_step(path):
+    """The captured step replays the eager one: from the same weights and batch, the same losses."""
+    import torch
+
+    device = torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 1000, (2, 64), generator=g).to(device)
+    losses = {}
+    for p in (path.replace(".graph", ""), path):
+        step, _ = train.build_step(p, "gpt2-tiny", device)
+        if p.endswith(".graph"):
+            step(x, x)  # the capture (two warm-up steps and the recording): the weights move on
+        else:
+            for _ in range(3):  # the same three updates, eagerly
+                step(x, x)
+        losses[p] = [float(step(x, x)) for _ in range(4)]
+    eager, graph = losses[path.replace(".graph", "")], losses[path]
+    assert graph[-1] < graph[0], f"{path} does not train: {graph}"
+    assert max(abs(a - b) for a, b in zip(eager, graph)) < 2e-2, f"eager {eager} vs graph {graph}"

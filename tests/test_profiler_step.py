@@ -226,6 +226,26 @@ def _event(name, start, end, *, id, parent=None, kernels=(), flops=0, shapes=(),
               self_cpu_time_total=end - start)  # fmt: skip
 
 
+def _fake_gemm_events(M, N, K, dtypes):
+    mm = _event("aten::mm", 0.0, 10.0, id=7, kernels=[("nvjet_gemm", 5.0)], flops=2 * M * N * K,
+                shapes=[[M, K], [K, N]], dtypes=dtypes)  # fmt: skip
+    buf = _event("Activity Buffer Request", 1.0, 2.0, id=7, parent=mm, kernels=[("nvjet_gemm", 5.0)])
+    launch = _event("cuLaunchKernelEx", 2.0, 3.0, id=8, parent=mm)
+    return [mm, buf, launch, _event("nvjet_gemm", 20.0, 25.0, id=9, device="CUDA")]
+
+
+def test_old_events_without_dtypes_take_the_steps_element_size():
+    """PyTorch 2.11 records no input dtypes: a GEMM's bytes then use the step's precision."""
+    from llm_course.profiling.events import attribute
+    from llm_course.profiling.tables import kernel_rows
+
+    M, N, K = 256, 128, 64
+    (row,) = kernel_rows(attribute(_fake_gemm_events(M, N, K, dtypes=[]), [], on_device=True, default_element_size=2))
+    assert row.flops_source == "profiler" and row.bytes == 2 * (M * K + K * N + M * N)
+    (row,) = kernel_rows(attribute(_fake_gemm_events(M, N, K, dtypes=[]), [], on_device=True))
+    assert row.flops_source == ""  # no element size known: no estimate rather than a wrong one
+
+
 def test_old_events_count_a_kernel_once_and_give_it_its_flops():
     """In PyTorch 2.11 a GEMM's kernel is listed by its aten::mm *and* by the profiler's bookkeeping
     event inside it, with the same id; counted twice it would double the time and lose its FLOPs."""

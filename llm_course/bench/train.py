@@ -23,11 +23,15 @@ The paths:
 ``triton.compile`` / ``triton+cublas.compile``
     The Triton backend (with the GEMMs on cuBLAS for the second) under ``torch.compile``:
     inductor fuses the glue around the course's kernels.
+``triton.graph`` / ``triton+cublas.graph``
+    The eager Triton step captured once in a CUDA graph and replayed (:func:`cuda_graph_step`):
+    the same kernels, without the host's work per op (Python, checks, launches).
 
 For each: tokens/s and MFU from the **wall** time of back-to-back steps (host work
 included: what a user pays), the **GPU** time of one step (the kernels' busy time from
 ``torch.profiler``; wall minus GPU is time the GPU waited for the host), peak memory
-(``torch.cuda.max_memory_allocated`` over the timed steps, optimizer state included) and
+(``torch.cuda.max_memory_allocated`` over the timed steps, optimizer state included; for the
+``.graph`` paths from the start, since the capture in the warm-up allocates the graph's memory) and
 the loss of the first and last timed step (the paths must agree: the same model shape,
 the same initial scale, the same data). MFU = FLOPs per token (``6N + 12LCT``) x tokens/s /
 the GPU's dense bf16 peak. Writes ``train.csv``, ``train_meta.json`` and ``train_speed.png``.
@@ -50,7 +54,8 @@ import torch
 from llm_course.bench.common import free_memory, metadata, output_dir, write_meta
 from llm_course.device import get_device, is_gpu, synchronize
 
-PATHS = ("baseline.compile", "torch", "torch.compile", "triton", "triton+cublas", "triton.compile", "triton+cublas.compile")
+PATHS = ("baseline.compile", "torch", "torch.compile", "triton", "triton+cublas", "triton.compile", "triton+cublas.compile",
+         "triton.graph", "triton+cublas.graph")
 
 
 @dataclass
@@ -121,6 +126,8 @@ def build_step(path: str, name: str, device):
     compute = functools.partial(fn, model)
     if path.endswith(".compile"):
         compute = torch.compile(compute)
+    if path.endswith(".graph"):
+        return cuda_graph_step(compute, opt, backend, overrides, device), model.flops_per_token
 
     def step(x, y):
         with op_backends(backend, overrides), torch.autocast(kind, dtype=torch.bfloat16):
@@ -131,6 +138,57 @@ def build_step(path: str, name: str, device):
         return loss.detach()
 
     return step, model.flops_per_token
+
+
+def cuda_graph_step(compute, opt, backend: str, overrides, device):
+    """step(x, y) for a whole training step (forward, backward, ``optimizer.step()``) captured in a CUDA graph.
+
+    The first call warms up on a side stream (Triton compiles and autotunes its kernels, the
+    optimizer creates its state), then records every kernel of one step into a graph; each call
+    copies the batch into the graph's input buffers and replays it: one launch for the whole step,
+    so the GPU never waits for Python. What it needs from the step, as in PyTorch's "whole network
+    capture": no host synchronisation (the ops skip their value checks while a graph is captured),
+    an optimizer whose step counters live on the GPU (``capturable``), no autocast weight cache,
+    gradients set to None before the capture (the captured backward then writes them, every replay).
+    """
+    if device.type != "cuda":
+        raise RuntimeError(f"bench train: the .graph paths need a CUDA GPU, got device {device}")
+    from llm_course.generation.cuda_graph import op_backends
+
+    for group in opt.param_groups:
+        group["capturable"] = True  # the step counters stay on the GPU, updated by the graph
+    state: dict = {}
+
+    def body(x, y):
+        with op_backends(backend, overrides), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            loss = compute(x, y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def capture(x, y) -> None:
+        sx, sy = x.clone(), y.clone()  # the graph's input buffers
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                body(sx, sy)
+                opt.zero_grad(set_to_none=True)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = body(sx, sy)
+        state.update(graph=graph, x=sx, y=sy, loss=loss)
+
+    def step(x, y):
+        if not state:
+            capture(x, y)
+        state["x"].copy_(x)
+        state["y"].copy_(y)
+        state["graph"].replay()
+        return state["loss"].clone()  # the graph overwrites its output buffer at the next replay
+
+    return step
 
 
 def gpu_busy_ms(step, x, y, steps: int = 2) -> float:
@@ -146,6 +204,9 @@ def gpu_busy_ms(step, x, y, steps: int = 2) -> float:
 
 
 def measure(row: TrainRow, device, peak_tflops: float | None, warmup: int, steps: int) -> None:
+    graphed = row.path.endswith(".graph")
+    if graphed and is_gpu(device):  # the graph's memory is allocated by the capture, during the warm-up
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     step, flops_per_token = build_step(row.path, row.model, device)
     g = torch.Generator().manual_seed(0)
@@ -156,7 +217,7 @@ def measure(row: TrainRow, device, peak_tflops: float | None, warmup: int, steps
         step(x, y)
     synchronize(device)
     row.setup_s = time.perf_counter() - t0
-    if is_gpu(device):
+    if is_gpu(device) and not graphed:
         torch.cuda.reset_peak_memory_stats(device)
     losses = []
     t0 = time.perf_counter()

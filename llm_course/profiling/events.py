@@ -71,10 +71,14 @@ def _union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def _mm_bytes(name: str, shapes, dtypes) -> float | None:
-    """Minimum bytes of aten::mm / addmm / bmm / baddbmm from the recorded input shapes."""
+def _mm_bytes(name: str, shapes, dtypes, default_element_size: int | None = None) -> float | None:
+    """Minimum bytes of aten::mm / addmm / bmm / baddbmm from the recorded input shapes.
+
+    The element size comes from the recorded input dtypes; PyTorch 2.11's events do not
+    record them, and then ``default_element_size`` (the step's compute precision) is used.
+    """
     try:
-        db = _DTYPE_BYTES.get(str(dtypes[-1]).strip())
+        db = _DTYPE_BYTES.get(str(dtypes[-1]).strip()) if dtypes else default_element_size
         if db is None:
             return None
         a, b = shapes[-2], shapes[-1]
@@ -103,8 +107,12 @@ def _is_cpu_kernel(e) -> bool:
             and not e.name.startswith("ProfilerStep") and e.self_cpu_time_total > 0)  # fmt: skip
 
 
-def attribute(events, op_calls: list[OpCall], on_device: bool) -> Attribution:
-    """Place every kernel of ``events`` (``prof.events()``) on its op, phase and category."""
+def attribute(events, op_calls: list[OpCall], on_device: bool, default_element_size: int | None = None) -> Attribution:
+    """Place every kernel of ``events`` (``prof.events()``) on its op, phase and category.
+
+    ``default_element_size``: bytes per element of a matmul whose event has no recorded dtypes
+    (PyTorch 2.11): 2 for a bf16 or fp16 step, 4 for fp32.
+    """
     cpu = [e for e in events if e.device_type.name == "CPU"]
     # --- the op ranges, in call order, matched to the OpCalls ---------------------------
     ranges = sorted((e for e in cpu if e.name.startswith(RANGE_PREFIX)), key=lambda e: e.time_range.start)
@@ -162,7 +170,8 @@ def attribute(events, op_calls: list[OpCall], on_device: bool) -> Attribution:
         if not on_device:  # a CPU op's own row: its own count
             if launcher is not None and launcher.flops:
                 call.profiler_flops = float(launcher.flops)
-                call.profiler_bytes = _mm_bytes(launcher.name, launcher.input_shapes, getattr(launcher, "input_dtypes", None))
+                call.profiler_bytes = _mm_bytes(launcher.name, launcher.input_shapes, getattr(launcher, "input_dtypes", None),
+                                                default_element_size)
             return call
         src = launcher  # on a GPU the launch (cudaLaunchKernel); the FLOPs are on the aten op above it
         while src is not None and not src.flops:
@@ -176,7 +185,8 @@ def attribute(events, op_calls: list[OpCall], on_device: bool) -> Attribution:
         for src, calls in counted.values():
             if len(calls) == 1:
                 calls[0].profiler_flops = float(src.flops)
-                calls[0].profiler_bytes = _mm_bytes(src.name, src.input_shapes, getattr(src, "input_dtypes", None))
+                calls[0].profiler_bytes = _mm_bytes(src.name, src.input_shapes, getattr(src, "input_dtypes", None),
+                                                    default_element_size)
 
     if on_device:
         device = [e for e in events if _is_device_event(e)]

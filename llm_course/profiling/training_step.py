@@ -204,7 +204,7 @@ def profile_training_step(
 
         ceilings = measure_ceilings(dev, quick=not on_gpu)
 
-    att = attribute(prof.events(), calls, on_device=on_gpu)
+    att = attribute(prof.events(), calls, on_device=on_gpu, default_element_size=4 if precision == "fp32" else 2)
     kernels = kernel_rows(att, ceilings)
     total_kernel_us = sum(k.total_us for k in kernels) or 1.0
     result = StepProfile(

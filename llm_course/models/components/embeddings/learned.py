@@ -40,7 +40,9 @@ class LearnedPositionalEmbedding(nn.Module):
         """position_ids (B, T) or (T,) int -> (B, T, hidden_size) or (T, hidden_size)."""
         if position_ids.dtype.is_floating_point:
             raise TypeError("LearnedPositionalEmbedding: position_ids must be integers")
-        if torch.compiler.is_compiling():  # no reading values back while torch.compile traces
+        # No reading values back to the host while torch.compile traces or a CUDA graph is captured
+        # (is_compiling is asked first: torch.compile cannot trace the capture query).
+        if torch.compiler.is_compiling() or (position_ids.is_cuda and torch.cuda.is_current_stream_capturing()):
             return ops.embedding(position_ids, self.weight)
         if position_ids.numel() and (int(position_ids.max()) >= self.max_position_embeddings or int(position_ids.min()) < 0):
             raise ValueError(
