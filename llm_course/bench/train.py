@@ -22,7 +22,8 @@ The paths:
     the course's kernels for everything but the GEMMs.
 ``triton.compile`` / ``triton+cublas.compile``
     The Triton backend (with the GEMMs on cuBLAS for the second) under ``torch.compile``:
-    inductor fuses the glue around the course's kernels.
+    each kernel is a custom op the graph calls whole (``triton_ops/custom_ops.py``) and
+    inductor fuses the glue around them.
 ``triton.graph`` / ``triton+cublas.graph``
     The eager Triton step captured once in a CUDA graph and replayed (:func:`cuda_graph_step`):
     the same kernels, without the host's work per op (Python, checks, launches).

@@ -42,6 +42,7 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 
 BLOCK_SIZE = 1024  # elements per program: 4 warps x 32 threads x 8 elements
 NUM_WARPS = 4
@@ -192,6 +193,8 @@ class SiluMulFunction(torch.autograd.Function):
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation, with the Triton kernels; differentiable. x (...) -> (...)."""
     check_tensor("gelu_tanh", "x", x)
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        return custom_ops.gelu_tanh(x)
     return GeluTanhFunction.apply(x)
 
 
@@ -203,4 +206,6 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     check_same_dtype("silu_mul", gate=gate, up=up)
     if gate.shape != up.shape:
         raise ValueError(f"silu_mul: gate has shape {tuple(gate.shape)} but up has shape {tuple(up.shape)}; they must match")
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        return custom_ops.silu_mul(gate, up)
     return SiluMulFunction.apply(gate, up)

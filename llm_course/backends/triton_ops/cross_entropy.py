@@ -40,6 +40,7 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import num_warps_for  # noqa: E402
 
 OP = "cross_entropy"
@@ -217,4 +218,6 @@ def cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100, reduction: str = "mean"
 ) -> torch.Tensor:
     """Cross-entropy with the Triton kernels; differentiable in the logits. (N, V), (N,) -> scalar float32."""
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        return custom_ops.cross_entropy(logits, targets, ignore_index, reduction)
     return CrossEntropyFunction.apply(logits, targets, ignore_index, reduction)

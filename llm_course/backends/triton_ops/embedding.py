@@ -34,6 +34,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.torch_ops.embedding import check_ids  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 
 OP = "embedding"
 NUM_WARPS = 4
@@ -123,4 +124,6 @@ def embedding(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     check_tensor(OP, "weight", weight, ndim=2)
     check_ids(OP, ids, weight.shape[0])
     check_same_device(OP, ids=ids, weight=weight)
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        return custom_ops.embedding(ids, weight)
     return EmbeddingFunction.apply(ids, weight)

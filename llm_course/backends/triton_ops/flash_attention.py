@@ -64,6 +64,7 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward  # noqa: E402
+from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
     LOG2E,
     OP,
@@ -313,4 +314,6 @@ def attention(
     if dropout_p:
         raise NotImplementedError(f"{OP}: dropout_p={dropout_p} is not supported by the Triton kernel; use the torch backend")
     check_attention_inputs(q, k, v, scale=scale, window=window, key_padding_mask=key_padding_mask)
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        return custom_ops.attention(q, k, v, bool(causal), scale, window, key_padding_mask)
     return FlashAttention.apply(q, k, v, bool(causal), scale, window, key_padding_mask)

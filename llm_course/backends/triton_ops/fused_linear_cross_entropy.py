@@ -37,6 +37,7 @@ import triton  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.cross_entropy import TARGET_DTYPES, cross_entropy_rows, reduce_rows  # noqa: E402
 
 OP = "fused_linear_cross_entropy"
@@ -156,4 +157,6 @@ def fused_linear_cross_entropy(
     """``cross_entropy(hidden @ weight.T + bias, targets)`` chunk by chunk; differentiable in hidden, weight, bias."""
     on = torch.is_grad_enabled()
     grads = tuple(on and t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        return custom_ops.fused_linear_cross_entropy(hidden, weight, targets, bias, ignore_index, reduction, grads)
     return FusedLinearCrossEntropyFunction.apply(hidden, weight, targets, bias, ignore_index, reduction, grads)

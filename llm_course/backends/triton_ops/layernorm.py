@@ -40,6 +40,7 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import as_rows, backward_programs, backward_stages, block_config  # noqa: E402
 
 OP = "layer_norm"
@@ -195,4 +196,6 @@ class LayerNormFunction(torch.autograd.Function):
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm over the last dim with the Triton kernels; differentiable. x (..., N), weight, bias (N,) or None."""
     _check(x, weight, bias)  # once, here: the launchers trust their inputs
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        return custom_ops.layer_norm(x, weight, bias, eps)
     return LayerNormFunction.apply(x, weight, bias, eps)

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.matmul import launch_matmul  # noqa: E402
 
 OP = "linear"
@@ -77,7 +78,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     _check(x, weight, bias)
     lead = x.shape[:-1]
     x2d = x.reshape(lead.numel(), x.shape[-1])  # (M, K), M = product of the leading dimensions (K may be 0)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        y = custom_ops.linear(x2d, weight, bias)  # (M, N)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         y = LinearFunction.apply(x2d, weight, bias)  # (M, N)
     else:
         y = launch_matmul(x2d, weight.T, bias)  # no graph to record: skip autograd's bookkeeping

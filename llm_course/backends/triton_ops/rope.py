@@ -50,6 +50,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.torch_ops.rope import check_rope_inputs  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 
 OP = "apply_rope"
 MAX_TILE = 4096  # elements of x per program (both halves): enough bytes in flight per program
@@ -227,6 +228,8 @@ class RopeQKFunction(torch.autograd.Function):
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate every head of x by its token's angles. x (B, H, T, D); cos, sin (B, T, D) or (T, D) -> (B, H, T, D)."""
     _check(x, cos, sin)
+    if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
+        return custom_ops.apply_rope(x, cos, sin)
     return RopeFunction.apply(x, cos, sin)
 
 

@@ -273,9 +273,13 @@ class RotaryEmbedding(nn.Module):
         """(cos, sin) for these positions: position_ids (B, T) or (T,) -> (B, T, D) or (T, D) each."""
         if position_ids.dtype.is_floating_point:
             raise TypeError("RotaryEmbedding: position_ids must be integers")
-        if position_ids.numel() and int(position_ids.min()) < 0:
-            raise ValueError("RotaryEmbedding: position_ids must not be negative")
-        self._ensure(int(position_ids.max()) + 1 if position_ids.numel() else 0)
+        # While torch.compile traces or a CUDA graph is captured the host cannot read the positions
+        # (is_compiling is asked first: torch.compile cannot trace the capture query): the tables are
+        # used as built, which covers the trained length, max_position_embeddings.
+        if not (torch.compiler.is_compiling() or (position_ids.is_cuda and torch.cuda.is_current_stream_capturing())):
+            if position_ids.numel() and int(position_ids.min()) < 0:
+                raise ValueError("RotaryEmbedding: position_ids must not be negative")
+            self._ensure(int(position_ids.max()) + 1 if position_ids.numel() else 0)
         pos = position_ids.to(self.cos_cached.device)
         cos, sin = self.cos_cached[pos], self.sin_cached[pos]  # (B, T, D) or (T, D)
         if dtype is not None:
