@@ -63,3 +63,21 @@ def test_graph_step_trains_like_the_eager_step(path):
     eager, graph = losses[path.replace(".graph", "")], losses[path]
     assert graph[-1] < graph[0], f"{path} does not train: {graph}"
     assert max(abs(a - b) for a, b in zip(eager, graph)) < 2e-2, f"eager {eager} vs graph {graph}"
+
+
+def test_the_baseline_is_left_out_for_other_families(tmp_path):
+    args = ["--models", "gpt2-tiny,qwen2-tiny", "--paths", "baseline.compile,torch", "--batch", "1", "--seq", "8",
+            "--warmup", "0", "--steps", "1", "--device", "cpu", "--out", str(tmp_path)]  # fmt: skip
+    assert train.main(args) == 0
+    rows = train.read_csv(tmp_path / "train.csv")
+    assert [(r.model, r.path) for r in rows] == [("gpt2-tiny", "baseline.compile"), ("gpt2-tiny", "torch"), ("qwen2-tiny", "torch")]
+    assert all(r.error == "" for r in rows), [r.error for r in rows]
+    assert rows[1].vs_baseline > 0 and math.isnan(rows[2].vs_baseline)
+
+
+def test_zoo_names_configs_that_exist():
+    from llm_course.models.config import load_model_config
+
+    assert "gpt2-124m" in train.ZOO
+    for name in train.ZOO:
+        load_model_config(name)

@@ -58,6 +58,10 @@ Files in ``--out`` (default ``bench_out/<device>/``): ``model.csv`` (one row per
 and path; a failed or skipped row has its ``error``), ``model_meta.json`` (GPU, torch, Triton,
 transformers versions, date, ceilings), ``model_speed.png`` (tokens/s and fraction of copy
 bandwidth) and ``model_roofline.png``.
+
+This benchmark times inference. A training step of the same models (forward, backward,
+optimizer, peak memory), against a compiled plain-PyTorch GPT-2: ``llm-course bench train
+--models zoo`` (:mod:`llm_course.bench.train`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
     llm-course bench train                                     # GPT-2 124M, T=1024, bf16, batch 16
     llm-course bench train --batch 16,32 --paths baseline.compile,torch.compile,triton
     llm-course bench train --models gpt2-124m,qwen2-0.5b --batch 8 --steps 10
+    llm-course bench train --models zoo --batch 8 --paths baseline.compile,torch.compile,triton.graph
+
+``--models zoo`` is the config zoo that trains on one GPU: GPT-2 124M, the Qwen2-0.5B shape and
+the course's own course-lm (the Qwen2-7B shape needs 16 bytes per parameter of training state,
+112 GB before any activation, and is left to FSDP over several GPUs). The baseline is GPT-2 only:
+for the other families its path is left out, and ``vs_baseline`` stays empty.
 
 One step = forward, loss, backward, ``optimizer.step()`` (fused AdamW) and ``zero_grad``, in
 bf16 autocast (weights, grads and optimizer state fp32), on a fixed batch of random tokens.
@@ -55,6 +61,7 @@ import torch
 from llm_course.bench.common import free_memory, metadata, output_dir, write_meta
 from llm_course.device import get_device, is_gpu, synchronize
 
+ZOO = ("gpt2-124m", "qwen2-0.5b", "course-lm")
 PATHS = ("baseline.compile", "torch", "torch.compile", "triton", "triton+cublas", "triton.compile", "triton+cublas.compile",
          "triton.graph", "triton+cublas.graph")
 
@@ -236,6 +243,13 @@ def measure(row: TrainRow, device, peak_tflops: float | None, warmup: int, steps
 
 
 @functools.lru_cache(maxsize=None)
+def _family(name: str) -> str:
+    from llm_course.models.config import load_model_config
+
+    return getattr(load_model_config(name), "family", "gpt2")
+
+
+@functools.lru_cache(maxsize=None)
 def _vocab(name: str) -> int:
     from llm_course.models.config import load_model_config
 
@@ -304,7 +318,7 @@ def chart(rows: list[TrainRow], path: Path, peak_tflops: float | None) -> Path:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="llm-course bench train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--models", default="gpt2-124m", help="comma-separated model config names")
+    p.add_argument("--models", default="gpt2-124m", help=f"comma-separated model config names, or zoo ({','.join(ZOO)})")
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
     p.add_argument("--batch", default="16", help="comma-separated sequences per step")
     p.add_argument("--seq", type=int, default=1024)
@@ -328,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     out = output_dir(args, device)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[TrainRow] = []
-    for name in args.models.split(","):
+    models = ZOO if args.models == "zoo" else tuple(args.models.split(","))
+    for name in models:
         for batch in (int(b) for b in args.batch.split(",")):
             for path in args.paths.split(","):
+                if path == "baseline.compile" and _family(name) != "gpt2":
+                    continue  # the plain baseline is a GPT-2: nothing to compare a Qwen2 with
                 row = TrainRow(model=name, path=path, batch=batch, seq=args.seq)
                 try:
                     measure(row, device, peak_tflops, args.warmup, args.steps)
