@@ -125,6 +125,22 @@ def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_compile_changes_nothing_but_speed(tmp_path, monkeypatch, backend):
+    """``compile: true`` on either backend: the same losses as eager. The Triton kernels are custom
+    ops under compile (llm_course/backends/triton_ops/custom_ops.py); ``aot_eager`` traces them as
+    inductor would, without generating code (inductor on a GPU: ``bench train``)."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager", fullgraph=True))
+    plain = run(tmp_path / "a", max_steps=2, backend=backend)
+    torch._dynamo.reset()
+    compiled = run(tmp_path / "b", max_steps=2, backend=backend, compile=True)
+    torch._dynamo.reset()
+    for a, b in zip(plain.history, compiled.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
 # --- resume -------------------------------------------------------------------------------------
 
 
