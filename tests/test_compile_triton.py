@@ -89,3 +89,29 @@ def test_compiled_model_on_the_triton_backend_matches_eager(name, fused):
     for g_c, g_e in zip(results["compiled"][1], results["eager"][1]):
         torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
+
+
+COLD_START = """
+import functools, torch
+from llm_course.generation.cuda_graph import op_backends
+from llm_course.models import AutoModelForCausalLM
+from llm_course.training.loss import fused_loss_fn
+model = AutoModelForCausalLM.from_name("gpt2-tiny")
+x = torch.randint(0, 100, (1, 8))
+step = torch.compile(functools.partial(fused_loss_fn, model), backend="aot_eager", fullgraph=True)
+with op_backends("triton", {"linear": "torch"}):
+    step(x, x).backward()
+print("ok")
+"""
+
+
+def test_compile_before_any_eager_call():
+    """A fresh process whose first call of an op is being traced: the kernel modules are not loaded
+    yet, and torch.compile cannot import them; entering the backend imports them first."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1") if DEV.type == "cpu" else dict(os.environ)
+    r = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

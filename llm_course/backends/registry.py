@@ -241,6 +241,24 @@ def set_backend(name: str) -> None:
     global _global_backend
     _global_backend = _check_name(name)
     _forget_exercises()
+    _resolve_all(name)
+
+
+def _resolve_all(backend: str) -> None:
+    """Import every op's implementation on ``backend`` now, on the host, once.
+
+    ``torch.compile`` traces the ops' Python but cannot run an ``import`` of a module that is
+    not loaded yet; looked up here first, the implementations are plain dictionary reads by
+    the time it traces. A failure is left for the op's own call to report.
+    """
+    if backend not in PACKAGES:  # "exercises": the learner's files are read at each call
+        return
+    for name, spec in declared_ops().items():
+        if backend in spec.implementations and (name, backend) not in _resolved:
+            try:
+                implementation(name, backend)
+            except Exception:  # noqa: BLE001 -- reported where the op is called
+                pass
 
 
 @contextlib.contextmanager
@@ -250,6 +268,7 @@ def use_backend(name: str) -> Iterator[str]:
     token = _context_backend.set(_check_name(name))
     outer, _traced_backend = _traced_backend, name
     _forget_exercises()
+    _resolve_all(name)
     try:
         yield name
     finally:

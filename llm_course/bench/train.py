@@ -33,6 +33,9 @@ The paths:
 ``triton.graph`` / ``triton+cublas.graph``
     The eager Triton step captured once in a CUDA graph and replayed (:func:`cuda_graph_step`):
     the same kernels, without the host's work per op (Python, checks, launches).
+``triton+cublas.compile.graph``
+    Both: the compiled step (inductor's fused glue around the course's kernels), captured in a
+    CUDA graph.
 
 For each: tokens/s and MFU from the **wall** time of back-to-back steps (host work
 included: what a user pays), the **GPU** time of one step (the kernels' busy time from
@@ -63,7 +66,7 @@ from llm_course.device import get_device, is_gpu, synchronize
 
 ZOO = ("gpt2-124m", "qwen2-0.5b", "course-lm")
 PATHS = ("baseline.compile", "torch", "torch.compile", "triton", "triton+cublas", "triton.compile", "triton+cublas.compile",
-         "triton.graph", "triton+cublas.graph")
+         "triton.graph", "triton+cublas.graph", "triton+cublas.compile.graph")
 
 
 @dataclass
@@ -132,7 +135,7 @@ def build_step(path: str, name: str, device):
     overrides = {"linear": "torch"} if "+cublas" in path else None
     fn = fused_loss_fn if backend == "triton" else loss_fn
     compute = functools.partial(fn, model)
-    if path.endswith(".compile"):
+    if ".compile" in path:
         compute = torch.compile(compute)
     if path.endswith(".graph"):
         return cuda_graph_step(compute, opt, backend, overrides, device), model.flops_per_token
