@@ -27,10 +27,14 @@ they can import it at the top without an import circle.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 Tensor = torch.Tensor
 NS = "llm_course"
+# (The signatures below say Optional[...] rather than "X | None": torch.library reads them to
+# write each op's schema, and the typing form is the one every PyTorch release accepts.)
 
 
 def _new(t: Tensor, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
@@ -162,7 +166,7 @@ def embedding(ids: Tensor, weight: Tensor) -> Tensor:
 
 
 @torch.library.custom_op(f"{NS}::layer_norm", mutates_args=())
-def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def _layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor, Tensor]:
     from llm_course.backends.triton_ops.launch import as_rows
     from llm_course.backends.triton_ops.layernorm import layernorm_forward
 
@@ -172,7 +176,7 @@ def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> t
 
 @torch.library.custom_op(f"{NS}::layer_norm_backward", mutates_args=())
 def _layer_norm_backward(
-    dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, mean: Tensor, rstd: Tensor
+    dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], mean: Tensor, rstd: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     from llm_course.backends.triton_ops.launch import as_rows
     from llm_course.backends.triton_ops.layernorm import layernorm_backward
@@ -212,7 +216,7 @@ def _layer_norm_grad(ctx, dy, _dmean, _drstd):
 _layer_norm.register_autograd(_layer_norm_grad, setup_context=_layer_norm_setup)
 
 
-def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
+def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:
     return _layer_norm(x, weight, bias, eps)[0]
 
 
@@ -292,7 +296,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 @torch.library.custom_op(f"{NS}::flash_attention", mutates_args=())
 def _flash_attention(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, window: int | None, key_padding_mask: Tensor | None
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: Optional[float], window: Optional[int], key_padding_mask: Optional[Tensor]
 ) -> tuple[Tensor, Tensor]:
     from llm_course.backends.triton_ops.flash_attention import flash_attention_forward
 
@@ -302,7 +306,7 @@ def _flash_attention(
 @torch.library.custom_op(f"{NS}::flash_attention_backward", mutates_args=())
 def _flash_attention_backward(
     q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, do: Tensor,
-    causal: bool, scale: float | None, window: int | None, key_padding_mask: Tensor | None,
+    causal: bool, scale: Optional[float], window: Optional[int], key_padding_mask: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward
 
@@ -339,8 +343,8 @@ def _flash_grad(ctx, do, _dlse):
 _flash_attention.register_autograd(_flash_grad, setup_context=_flash_setup)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, window: int | None,
-              key_padding_mask: Tensor | None) -> Tensor:  # fmt: skip
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: Optional[float], window: Optional[int],
+              key_padding_mask: Optional[Tensor]) -> Tensor:  # fmt: skip
     return _flash_attention(q, k, v, causal, scale, window, key_padding_mask)[0]
 
 
@@ -348,7 +352,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None
 
 
 @torch.library.custom_op(f"{NS}::linear", mutates_args=())
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     from llm_course.backends.triton_ops.matmul import launch_matmul
 
     return launch_matmul(x, weight.T, bias)  # (M, K) @ (K, N) + bias -> (M, N)
@@ -389,7 +393,7 @@ def _linear_grad(ctx, dy):
 _linear.register_autograd(_linear_grad, setup_context=_linear_setup)
 
 
-def linear(x2d: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def linear(x2d: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """x2d (M, K), weight (N, K), bias (N,) or None -> (M, N)."""
     return _linear(x2d, weight, bias)
 
@@ -451,7 +455,7 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int, reduction:
 
 @torch.library.custom_op(f"{NS}::fused_linear_cross_entropy", mutates_args=())
 def _fused_linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None, ignore_index: int, reduction: str,
+    hidden: Tensor, weight: Tensor, targets: Tensor, bias: Optional[Tensor], ignore_index: int, reduction: str,
     grad_hidden: bool, grad_weight: bool, grad_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """The loss and the gradients it already computed (empty where not asked): see the eager op."""
@@ -488,6 +492,6 @@ def _fused_grad(ctx, dloss, *_):
 _fused_linear_cross_entropy.register_autograd(_fused_grad, setup_context=_fused_setup)
 
 
-def fused_linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None,
+def fused_linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Optional[Tensor],
                                ignore_index: int, reduction: str, grads: tuple[bool, bool, bool]) -> Tensor:  # fmt: skip
     return _fused_linear_cross_entropy(hidden, weight, targets, bias, ignore_index, reduction, *grads)[0]
