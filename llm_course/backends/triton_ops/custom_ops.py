@@ -296,11 +296,13 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 @torch.library.custom_op(f"{NS}::flash_attention", mutates_args=())
 def _flash_attention(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: Optional[float], window: Optional[int], key_padding_mask: Optional[Tensor]
-) -> tuple[Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor,
+    causal: bool, scale: Optional[float], window: Optional[int], key_padding_mask: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     from llm_course.backends.triton_ops.flash_attention import flash_attention_forward
 
-    return flash_attention_forward(q, k, v, causal=causal, scale=scale, window=window, key_padding_mask=key_padding_mask)
+    return flash_attention_forward(q, k, v, causal=causal, scale=scale, window=window,
+                                   key_padding_mask=key_padding_mask)  # fmt: skip
 
 
 @torch.library.custom_op(f"{NS}::flash_attention_backward", mutates_args=())
@@ -492,6 +494,8 @@ def _fused_grad(ctx, dloss, *_):
 _fused_linear_cross_entropy.register_autograd(_fused_grad, setup_context=_fused_setup)
 
 
-def fused_linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Optional[Tensor],
-                               ignore_index: int, reduction: str, grads: tuple[bool, bool, bool]) -> Tensor:  # fmt: skip
+def fused_linear_cross_entropy(
+    hidden: Tensor, weight: Tensor, targets: Tensor, bias: Optional[Tensor],
+    ignore_index: int, reduction: str, grads: tuple[bool, bool, bool],
+) -> Tensor:  # fmt: skip
     return _fused_linear_cross_entropy(hidden, weight, targets, bias, ignore_index, reduction, *grads)[0]
