@@ -256,7 +256,7 @@ def _resolve_all(backend: str) -> None:
     for name, spec in declared_ops().items():
         if backend in spec.implementations and (name, backend) not in _resolved:
             try:
-                implementation(name, backend)
+                _resolve(name, backend)
             except Exception:  # noqa: BLE001 -- reported where the op is called
                 pass
 
@@ -296,7 +296,11 @@ def _import(target: str | Callable, package: str) -> Callable:
 
 def implementation(op: str, backend: str | None = None) -> Callable:
     """The function that runs ``op`` under ``backend`` (default: the backend in force)."""
-    backend = _check_name(backend) if backend else get_backend()
+    return _resolve(op, _check_name(backend) if backend else get_backend())
+
+
+def _resolve(op: str, backend: str) -> Callable:
+    """:func:`implementation` for a checked backend name, imported on first use and remembered."""
     key = (op, backend)
     if key in _resolved:
         return _resolved[key]
