@@ -63,6 +63,19 @@ def is_gpu(device: torch.device | str | None) -> bool:
     return device is not None and torch.device(device).type == "cuda"
 
 
+def host_can_read(t: torch.Tensor) -> bool:
+    """May the host read ``t``'s values now (``int(t.max())``, ``bool(t.all())``)?
+
+    Not while ``torch.compile`` traces (the values do not exist yet) nor while a CUDA graph is
+    captured (reading would synchronize, which a capture forbids). Value checks that guard
+    against bad input ask this first and are left out there. ``is_compiling`` is asked first:
+    torch.compile cannot trace the capture query.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def synchronize(device: torch.device | str | None = None) -> None:
     """Wait for all queued work on ``device`` (a no-op on the CPU, where work is synchronous)."""
     dev = torch.device(device) if device is not None else get_device()

@@ -108,10 +108,8 @@ def build_step(path: str, name: str, device):
     if path == "baseline.compile":
         from llm_course.bench.baseline_gpt2 import PlainGPT2
 
-        from llm_course.models.config import load_model_config
-
-        cfg = load_model_config(name)
-        if getattr(cfg, "family", "gpt2") != "gpt2":
+        cfg = _config(name)
+        if cfg.family != "gpt2":
             raise ValueError("the baseline is GPT-2 only")
         torch.manual_seed(0)
         model = PlainGPT2(cfg).to(device).train()
@@ -221,7 +219,7 @@ def measure(row: TrainRow, device, peak_tflops: float | None, warmup: int, steps
     t0 = time.perf_counter()
     step, flops_per_token = build_step(row.path, row.model, device)
     g = torch.Generator().manual_seed(0)
-    vocab = _vocab(row.model)
+    vocab = _config(row.model).vocab_size
     x = torch.randint(0, vocab, (row.batch, row.seq), generator=g).to(device)
     y = torch.randint(0, vocab, (row.batch, row.seq), generator=g).to(device)
     for _ in range(warmup):
@@ -246,17 +244,11 @@ def measure(row: TrainRow, device, peak_tflops: float | None, warmup: int, steps
 
 
 @functools.lru_cache(maxsize=None)
-def _family(name: str) -> str:
+def _config(name: str):
+    """The model config of ``name`` (read once): its vocabulary and family."""
     from llm_course.models.config import load_model_config
 
-    return getattr(load_model_config(name), "family", "gpt2")
-
-
-@functools.lru_cache(maxsize=None)
-def _vocab(name: str) -> int:
-    from llm_course.models.config import load_model_config
-
-    return load_model_config(name).vocab_size
+    return load_model_config(name)
 
 
 def format_rows(rows: list[TrainRow]) -> str:
@@ -349,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         for batch in (int(b) for b in args.batch.split(",")):
             for path in args.paths.split(","):
-                if path == "baseline.compile" and _family(name) != "gpt2":
+                if path == "baseline.compile" and _config(name).family != "gpt2":
                     continue  # the plain baseline is a GPT-2: nothing to compare a Qwen2 with
                 row = TrainRow(model=name, path=path, batch=batch, seq=args.seq)
                 try:

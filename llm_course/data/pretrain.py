@@ -217,6 +217,13 @@ def tokenize_files(files: list[Path], reader: str, text_field: str, tokenizer, c
 
 
 # ---------------------------------------------------------------- packed local data
+def epoch_shard(n_items: int, rank: int, world_size: int, seed: int, epoch: int) -> np.ndarray:
+    """Rank ``rank``'s item indices of ``epoch``, in reading order: the permutation seeded by
+    ``(seed, epoch)``, trimmed to a multiple of ``world_size``, dealt out ``r, r + W, ...``."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n_items)
+    return perm[: n_items // world_size * world_size][rank::world_size]
+
+
 class PackedData:
     """Blocks of a 1-D token array: shuffled, sharded training batches and held-out validation.
 
@@ -261,8 +268,7 @@ class PackedData:
     def shard(self, epoch: int) -> np.ndarray:
         """The training block indices this rank reads in ``epoch``, in order."""
         if epoch != self._perm_epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_train_blocks)
-            self._shard = perm[: self.blocks_per_rank * self.world_size][self.rank :: self.world_size]
+            self._shard = epoch_shard(self.num_train_blocks, self.rank, self.world_size, self.seed, epoch)
             self._perm_epoch = epoch
         return self._shard
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llm_course.data.pretrain import DataError
+from llm_course.data.pretrain import DataError, epoch_shard
 
 
 def check_saved_ranks(states: list[dict], expect: dict) -> None:
@@ -79,8 +79,7 @@ class ShuffledShard:
     def shard(self, epoch: int) -> np.ndarray:
         """This rank's item indices of ``epoch``, in reading order."""
         if epoch != self._perm_epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
-            self._shard = perm[: self.per_rank * self.world_size][self.rank :: self.world_size]
+            self._shard = epoch_shard(self.n_items, self.rank, self.world_size, self.seed, epoch)
             self._perm_epoch = epoch
         return self._shard
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from llm_course.device import host_can_read
+
 INDEX_DTYPES = (torch.int64, torch.int32)
 
 
@@ -28,12 +30,7 @@ def check_ids(op: str, ids: torch.Tensor, num_rows: int) -> None:
         raise TypeError(f"{op}: ids must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype not in INDEX_DTYPES:
         raise TypeError(f"{op}: ids must be int64 or int32, got {str(ids.dtype).removeprefix('torch.')}")
-    if torch.compiler.is_compiling():  # asked first: torch.compile cannot trace the capture query below
-        return  # (tracing it is a graph break, and the check then runs eagerly, reading the ids back)
-    capturing = ids.is_cuda and torch.cuda.is_current_stream_capturing()
-    if ids.numel() and not capturing:
-        # (Inside a CUDA graph capture, or while torch.compile traces, the host cannot look at
-        # values: the check is left out there.)
+    if ids.numel() and host_can_read(ids):  # (not while torch.compile traces or a CUDA graph is captured)
         lo, hi = torch.aminmax(ids)
         lo, hi = int(lo), int(hi)  # one synchronisation with the device: a wrong id must not read past the table
         if lo < 0 or hi >= num_rows:

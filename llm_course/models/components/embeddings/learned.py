@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from llm_course import ops
+from llm_course.device import host_can_read
 from llm_course.models.components.checks import positive_int
 
 
@@ -40,9 +41,7 @@ class LearnedPositionalEmbedding(nn.Module):
         """position_ids (B, T) or (T,) int -> (B, T, hidden_size) or (T, hidden_size)."""
         if position_ids.dtype.is_floating_point:
             raise TypeError("LearnedPositionalEmbedding: position_ids must be integers")
-        # No reading values back to the host while torch.compile traces or a CUDA graph is captured
-        # (is_compiling is asked first: torch.compile cannot trace the capture query).
-        if torch.compiler.is_compiling() or (position_ids.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if not host_can_read(position_ids):  # while torch.compile traces or a CUDA graph is captured
             return ops.embedding(position_ids, self.weight)
         if position_ids.numel() and (int(position_ids.max()) >= self.max_position_embeddings or int(position_ids.min()) < 0):
             raise ValueError(

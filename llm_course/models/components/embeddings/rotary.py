@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from llm_course import ops
+from llm_course.device import host_can_read
 from llm_course.models.components.checks import positive_int
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
@@ -273,10 +274,9 @@ class RotaryEmbedding(nn.Module):
         """(cos, sin) for these positions: position_ids (B, T) or (T,) -> (B, T, D) or (T, D) each."""
         if position_ids.dtype.is_floating_point:
             raise TypeError("RotaryEmbedding: position_ids must be integers")
-        # While torch.compile traces or a CUDA graph is captured the host cannot read the positions
-        # (is_compiling is asked first: torch.compile cannot trace the capture query): the tables are
-        # used as built, which covers the trained length, max_position_embeddings.
-        if not (torch.compiler.is_compiling() or (position_ids.is_cuda and torch.cuda.is_current_stream_capturing())):
+        # While torch.compile traces or a CUDA graph is captured the host cannot read the positions:
+        # the tables are used as built, which covers the trained length, max_position_embeddings.
+        if host_can_read(position_ids):
             if position_ids.numel() and int(position_ids.min()) < 0:
                 raise ValueError("RotaryEmbedding: position_ids must not be negative")
             self._ensure(int(position_ids.max()) + 1 if position_ids.numel() else 0)
