@@ -11,6 +11,12 @@ exp(m - m') whenever the max grows to m'. At the end ``lse = m + log d``, and th
 target's logit is one more load. One read of the row, one float32 written per row
 (its loss) and one saved for the backward (its lse).
 
+Both walks read the whole blocks without a mask and only the last, partial block
+with one. Triton turns a load into wide (16-byte) vector loads only when it can
+prove the mask constant over each vector, which ``cols < n_cols`` is not when V is
+not a multiple of 16: with every block masked, GPT-2's 50,257 columns were read one
+element at a time, at 1.6 TB/s on an H200 against 3.7 TB/s for V = 151,936.
+
 The backward needs no second walk for the max: with the saved lse,
 ``softmax(x)_j = exp(x_j - lse)``, so it reads the row once and writes its gradient
 once, scaled by the incoming gradient (divided by the number of counted rows for
@@ -52,15 +58,33 @@ TARGET_DTYPES = (torch.int64, torch.int32)
 
 
 @triton.jit
+def _grad_block(x, cols, target, lse, scale):
+    """(softmax(x) - onehot(target)) * scale on one block of a row, x in float32."""
+    return (tl.exp(x - lse) - tl.where(cols == target, 1.0, 0.0)) * scale
+
+
+@triton.jit
 def _write_row_grad(x_row, g_row, target, lse, scale, n_cols, BLOCK_SIZE: tl.constexpr):
     """g[j] = (exp(x[j] - lse) - [j == target]) * scale over one row (g_row may be x_row: in place)."""
-    for start in range(0, n_cols, BLOCK_SIZE):
+    n_full = (n_cols // BLOCK_SIZE) * BLOCK_SIZE
+    for start in range(0, n_full, BLOCK_SIZE):  # whole blocks: no mask, vector loads and stores
         cols = start + tl.arange(0, BLOCK_SIZE)
+        x = tl.load(x_row + cols).to(tl.float32)
+        tl.store(g_row + cols, _grad_block(x, cols, target, lse, scale).to(g_row.dtype.element_ty))
+    if n_full < n_cols:  # the last, partial block
+        cols = n_full + tl.arange(0, BLOCK_SIZE)
         mask = cols < n_cols
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-        p = tl.exp(x - lse)  # softmax(x) over this block
-        g = (p - tl.where(cols == target, 1.0, 0.0)) * scale
-        tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
+        tl.store(g_row + cols, _grad_block(x, cols, target, lse, scale).to(g_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lse_step(m, d, x):
+    """One block of the online logsumexp: (m, d) over the blocks so far, x (BLOCK,) float32 -> (m', d')."""
+    m_new = tl.maximum(m, tl.max(x, axis=0))
+    m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # a row of -inf so far: avoid inf - inf
+    d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
+    return m_new, d
 
 
 @triton.jit
@@ -78,13 +102,12 @@ def cross_entropy_fwd_kernel(
     # online logsumexp: running max m and running sum d = sum exp(x - m) over the blocks seen so far
     m = -float("inf")
     d = 0.0
-    for start in range(0, n_cols, BLOCK_SIZE):
-        cols = start + tl.arange(0, BLOCK_SIZE)
-        x = tl.load(x_row + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # a row of -inf so far: avoid inf - inf
-        d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
-        m = m_new
+    n_full = (n_cols // BLOCK_SIZE) * BLOCK_SIZE
+    for start in range(0, n_full, BLOCK_SIZE):  # whole blocks: no mask, vector loads
+        m, d = _lse_step(m, d, tl.load(x_row + start + tl.arange(0, BLOCK_SIZE)).to(tl.float32))
+    if n_full < n_cols:  # the last, partial block
+        cols = n_full + tl.arange(0, BLOCK_SIZE)
+        m, d = _lse_step(m, d, tl.load(x_row + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32))
     lse = m + tl.log(d)
     x_t = tl.load(x_row + target, mask=counted & in_range, other=0.0).to(tl.float32)
     loss = tl.where(counted, tl.where(in_range, lse - x_t, float("nan")), 0.0)

@@ -38,7 +38,7 @@ NS = "llm_course"
 
 
 def _new(t: Tensor, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
-    """A fake output: contiguous, like every real output here (a compiled graph relies on the strides)."""
+    """A fake output: contiguous, like the real outputs (a compiled graph relies on the strides; attention's differ)."""
     return t.new_empty(shape or t.shape, dtype=dtype or t.dtype)
 
 
@@ -318,13 +318,17 @@ def _flash_attention_backward(
 
 @_flash_attention.register_fake
 def _(q, k, v, causal, scale, window, key_padding_mask):
-    B, H, T, _ = q.shape
-    return q.new_empty(B, H, T, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)  # o (B, H, T, Dv), lse
+    from llm_course.backends.triton_ops.flash_common import heads_split_empty
+
+    B, H, T, _ = q.shape  # o (B, H, T, Dv) stored (B, T, H, Dv) as the kernel writes it; lse (B, H, T)
+    return heads_split_empty(B, H, T, v.shape[-1], like=q), q.new_empty(B, H, T, dtype=torch.float32)
 
 
 @_flash_attention_backward.register_fake
 def _(q, k, v, o, lse, do, causal, scale, window, key_padding_mask):
-    return _new(q), _new(k), _new(v)
+    from llm_course.backends.triton_ops.flash_common import heads_split_empty
+
+    return tuple(heads_split_empty(*t.shape, like=t) for t in (q, k, v))  # stored like the real ones
 
 
 def _flash_setup(ctx, inputs, output):

@@ -69,6 +69,7 @@ from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
     LOG2E,
     OP,
     check_attention_inputs,
+    heads_split_empty,
     key_range,
     seq_bucket,
 )
@@ -246,7 +247,7 @@ def flash_attention_forward(q, k, v, *, causal=True, scale=None, window=None, ke
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    o = torch.empty((B, Hq, T, D), device=q.device, dtype=q.dtype)
+    o = heads_split_empty(B, Hq, T, D, like=q)  # stored (B, T, Hq, D): merging the heads is a view
     lse = torch.empty((B, Hq, T), device=q.device, dtype=torch.float32)
     if o.numel() == 0:
         return o, lse.fill_(float("-inf"))

@@ -49,6 +49,7 @@ from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
     LOG2E,
     OP,
+    heads_split_empty,
     key_range,
     query_range,
     seq_bucket,
@@ -160,12 +161,13 @@ def _bwd_dkdv_kernel(
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_db, stride_dh, stride_dt, stride_dd,
     stride_pb, stride_ps,
+    stride_gb, stride_gh, stride_gs,  # DK and DV (last stride 1)
     n_kv_heads, T, S, qk_scale, scale, window,
     T_BUCKET, S_BUCKET,  # only for the autotuning key
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
 ):  # fmt: skip
-    """One program: keys [n0, n0 + BLOCK_N) of one (batch, kv head); writes DK, DV (B, Hkv, S, D), contiguous."""
+    """One program: keys [n0, n0 + BLOCK_N) of one (batch, kv head); writes DK, DV (B, Hkv, S, D) through strides."""
     pid_bh = tl.program_id(1)
     b = pid_bh // n_kv_heads
     h_kv = pid_bh % n_kv_heads
@@ -208,7 +210,7 @@ def _bwd_dkdv_kernel(
         dk = tl.where(real[:, None], dk, 0.0)
         dv = tl.where(real[:, None], dv, 0.0)
     dk = dk * scale
-    out = pid_bh.to(tl.int64) * S * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]  # contiguous
+    out = b.to(tl.int64) * stride_gb + h_kv.to(tl.int64) * stride_gh + offs_n[:, None] * stride_gs + offs_d[None, :]
     tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
@@ -281,12 +283,13 @@ def _bwd_dq_kernel(
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_db, stride_dh, stride_dt, stride_dd,
     stride_pb, stride_ps,
+    stride_gb, stride_gh, stride_gt,  # DQ (last stride 1)
     n_heads, T, S, qk_scale, scale, window,
     T_BUCKET, S_BUCKET,  # only for the autotuning key
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
 ):  # fmt: skip
-    """One program: queries [m0, m0 + BLOCK_M) of one (batch, query head); writes DQ (B, Hq, T, D), contiguous."""
+    """One program: queries [m0, m0 + BLOCK_M) of one (batch, query head); writes DQ (B, Hq, T, D) through strides."""
     pid_m = tl.program_id(0)
     if CAUSAL:  # longest rows first, as in the forward
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -324,7 +327,7 @@ def _bwd_dq_kernel(
                     mid_hi, hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
                     BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD)  # fmt: skip
     dq = dq * scale
-    out = pid_bh.to(tl.int64) * T * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]  # contiguous
+    out = b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :]
     tl.store(DQ + out, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
@@ -334,7 +337,8 @@ def _bwd_dq_kernel(
 def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, window=None, key_padding_mask=None):
     """dQ, dK, dV of attention from the forward's inputs, output ``o`` and ``lse`` (B, Hq, T) float32.
 
-    ``do`` is the gradient of ``o``; returns ``(dq, dk, dv)`` shaped like q, k, v (contiguous).
+    ``do`` is the gradient of ``o``; returns ``(dq, dk, dv)`` shaped like q, k, v and
+    stored like the forward's output (:func:`heads_split_empty`).
     """
     check_tensor(OP, "do", do, ndim=4, dtypes=(q.dtype,))
     check_tensor(OP, "o", o, ndim=4, dtypes=(q.dtype,))
@@ -347,9 +351,9 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, wi
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    dq = torch.empty((B, Hq, T, D), device=q.device, dtype=q.dtype)
-    dk = torch.empty((B, Hkv, S, D), device=k.device, dtype=k.dtype)
-    dv = torch.empty((B, Hkv, S, D), device=v.device, dtype=v.dtype)
+    dq = heads_split_empty(B, Hq, T, D, like=q)  # stored (B, T, H, D): on their way back to the
+    dk = heads_split_empty(B, Hkv, S, D, like=k)  # projection the gradients need no copy
+    dv = heads_split_empty(B, Hkv, S, D, like=v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
 
@@ -369,11 +373,11 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, wi
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *pad_strides)
     qk_scale = scale * LOG2E
     _bwd_dkdv_kernel[lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * Hkv)](
-        q, k, v, do, lse2, delta, dk, dv, pad, *strides,
+        q, k, v, do, lse2, delta, dk, dv, pad, *strides, *dk.stride()[:3],
         Hkv, T, S, qk_scale, scale, window or 0, seq_bucket(T), seq_bucket(S), **common,
     )  # fmt: skip
     _bwd_dq_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * Hq)](
-        q, k, v, do, lse2, delta, dq, pad, *strides,
+        q, k, v, do, lse2, delta, dq, pad, *strides, *dq.stride()[:3],
         Hq, T, S, qk_scale, scale, window or 0, seq_bucket(T), seq_bucket(S), **common,
     )  # fmt: skip
     return dq, dk, dv

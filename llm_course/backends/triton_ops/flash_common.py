@@ -4,6 +4,7 @@
   built for, log2(e) for the ``exp2`` trick;
 * :func:`check_attention_inputs`, the input check, run once by ``attention`` (the
   entry point) before the forward; the backward reuses inputs already checked;
+* :func:`heads_split_empty`, how the outputs (o, and dq, dk, dv) are laid out;
 * the block ranges: which key blocks a block of queries visits (:func:`key_range`,
   forward and dQ) and which query blocks a block of keys is seen by
   (:func:`query_range`, dK and dV), each cut into a masked, an unmasked and a
@@ -35,6 +36,17 @@ LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
 def seq_bucket(n: int) -> int:
     """Autotuning is keyed on sequence lengths rounded up to a power of two (fewer re-tunings)."""
     return triton.next_power_of_2(max(int(n), 16))
+
+
+def heads_split_empty(B: int, H: int, T: int, D: int, like: torch.Tensor) -> torch.Tensor:
+    """An empty (B, H, T, D) tensor stored as (B, T, H, D): the layout of heads split from a projection.
+
+    A model makes q, k, v by viewing a (B, T, H*D) projection as (B, T, H, D) and transposing
+    it to (B, H, T, D), and merges the heads of the output back with ``o.transpose(1, 2)
+    .reshape(B, T, H*D)``. Stored this way, that merge is a view, not a copy, and so are the
+    gradients dq, dk, dv on their way back to the projection. The kernels write through strides.
+    """
+    return torch.empty((B, T, H, D), device=like.device, dtype=like.dtype).transpose(1, 2)  # (B, H, T, D)
 
 
 # --- input checks ------------------------------------------------------------------------

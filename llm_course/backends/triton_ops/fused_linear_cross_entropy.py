@@ -58,6 +58,20 @@ def default_chunk_rows(n_rows: int, vocab: int, element_size: int) -> int:
     return max(1, min(rows, triton.next_power_of_2(max(n_rows, 1))))
 
 
+def accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``acc + a @ b`` in float32 (acc float32; a, b float32, or half-precision products accumulated in float32).
+
+    On a GPU a half-precision product goes to cuBLAS with ``out_dtype=float32``: it multiplies
+    in bf16/fp16, accumulates in float32 and adds acc in its epilogue, one kernel. Elsewhere it is
+    a product rounded to the inputs' dtype, then cast and added (two more passes over (V, C)).
+    """
+    if a.dtype == torch.float32:
+        return acc.addmm_(a, b)
+    if acc.is_cuda:
+        return torch.addmm(acc, a, b, out_dtype=torch.float32)
+    return acc.add_((a @ b).float())
+
+
 def fused_linear_cross_entropy_forward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -111,10 +125,7 @@ def fused_linear_cross_entropy_forward(
         if want_h:
             torch.mm(dlogits, weight, out=grad_hidden[s:e])  # (n, C)
         if want_w:
-            if dlogits.dtype == torch.float32:
-                grad_weight.addmm_(dlogits.T, h)  # (V, C) += (V, n) @ (n, C)
-            else:
-                grad_weight += (dlogits.T @ h).float()
+            grad_weight = accumulate_product(grad_weight, dlogits.T, h)  # (Vp, C) += (Vp, n) @ (n, C)
         if want_b:
             grad_bias += dlogits.float().sum(0)
         del logits, dlogits
