@@ -128,6 +128,19 @@ def test_strided_inputs_are_read_in_place(rng):
     _check_fwd_bwd(q, k, v, do.transpose(1, 2).contiguous().transpose(1, 2), causal=True)
 
 
+def test_outputs_are_stored_heads_split_so_merging_heads_is_a_view(rng):
+    """o, dq, dk, dv are (B, H, T, D) stored as (B, T, H, D): ``t.transpose(1, 2)`` is contiguous,
+    so a model merges the heads (and autograd returns the gradients to the projection) without a copy."""
+    from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward
+
+    q, k, v, do = _inputs(rng, 2, 4, 2, 37, 37, 16, torch.float32)
+    o, lse = fa.flash_attention_forward(q, k, v, causal=True)
+    assert o.transpose(1, 2).is_contiguous(), f"o has strides {o.stride()}"
+    grads = flash_attention_backward(q, k, v, o, lse, do, causal=True)
+    for name, g in zip(("dq", "dk", "dv"), grads):
+        assert g.transpose(1, 2).is_contiguous(), f"{name} has strides {g.stride()}"
+
+
 def test_reachable_through_ops_with_the_triton_backend(rng):
     q, k, v, _ = _inputs(rng, 1, 4, 2, 19, 19, 16, torch.float32)
     expected = ops.attention(q, k, v, causal=True)

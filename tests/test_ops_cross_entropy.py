@@ -114,6 +114,23 @@ def test_rows_walked_in_many_blocks_and_the_gradient_in_place(rng, dtype):
     torch.testing.assert_close(in_place.double(), dref, **TOL[dtype])
 
 
+@pytest.mark.parametrize("V", [64, 12, 67], ids=["whole-blocks-only", "one-partial-block", "whole-and-partial"])
+def test_whole_blocks_and_the_partial_last_block(rng, V):
+    """The walks read whole blocks unmasked and the last, partial one masked: each case on its own (block 16)."""
+    from llm_course.backends.triton_ops.cross_entropy import cross_entropy_rows
+
+    logits = _rand(rng, 4, V, scale=4.0)
+    targets = _targets(rng, 4, V, ignore=[1])
+    targets[0] = V - 1  # the last column, in the partial block when there is one
+    ref, dref = _reference(logits, targets, reduction="sum", dloss=1.0)
+    rows, lse = cross_entropy_rows(logits, targets, block_size=16)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(logits.double(), -1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows.sum().double(), ref, rtol=1e-5, atol=1e-5)
+    in_place = logits.clone()
+    cross_entropy_rows(in_place, targets, grad_scale=torch.ones(1, device=logits.device), block_size=16)
+    torch.testing.assert_close(in_place.double(), dref, rtol=1e-5, atol=1e-6)
+
+
 def test_a_target_out_of_range_is_an_error_or_nan(rng):
     logits = _rand(rng, 3, 10)
     targets = torch.tensor([1, 10, 2], device=logits.device)
