@@ -51,6 +51,26 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """LayerNorm over the last dimension. x (..., N), weight and bias (N,)."""
 
 
+@op(torch="norms:add_layer_norm", triton="add_norm:add_layer_norm", check=checks.add_layer_norm)
+def add_layer_norm(
+    x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A residual add and the LayerNorm after it, in one pass: ``s = x + h``, ``y = layer_norm(s)``.
+
+    x, h (..., N), weight and bias (N,) -> (s in x's dtype, y in h's dtype).
+    """
+
+
+@op(torch="norms:add_rms_norm", triton="add_norm:add_rms_norm", check=checks.add_rms_norm)
+def add_rms_norm(
+    x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A residual add and the RMSNorm after it, in one pass: ``s = x + h``, ``y = rms_norm(s)``.
+
+    x, h (..., N), weight (N,) -> (s in x's dtype, y in h's dtype).
+    """
+
+
 @op(torch="matmul:matmul", triton="matmul:matmul", exercise="stage1_kernels/matmul:matmul",
     check=checks.matmul, autocast=True)
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

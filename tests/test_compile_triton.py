@@ -49,6 +49,8 @@ def _cases():
         ("layer_norm", custom_ops._layer_norm, (_r(2, 3, 24), _r(24), _r(24), 1e-5)),
         ("layer_norm no bias", custom_ops._layer_norm, (_r(2, 3, 24), _r(24), None, 1e-5)),
         ("rms_norm", custom_ops._rms_norm, (_r(2, 3, 24), _r(24), 1e-6)),
+        ("add_layer_norm", custom_ops._add_norm, (_r(2, 3, 24), _r(2, 3, 24).half(), _r(24), _r(24), 1e-5, False)),
+        ("add_rms_norm", custom_ops._add_norm, (_r(2, 3, 24), _r(2, 3, 24), _r(24), None, 1e-6, True)),
         ("apply_rope", custom_ops._apply_rope, (q, cos, sin, False)),
         ("flash_attention", custom_ops._flash_attention, (q, k, v, True, None, None, None)),
         ("linear", custom_ops._linear, (_r(6, 24), _r(10, 24), _r(10))),

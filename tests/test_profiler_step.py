@@ -97,6 +97,19 @@ def test_annotate_ops_marks_and_restores():
     assert any(e.name == "llm_course.ops.linear" for e in prof.events())
 
 
+def test_the_fused_add_and_norm_reads_and_writes_each_tensor_once():
+    """add_layer_norm: x (float32) and h (float16) read, s (float32) and y (float16) written, plus the parameters."""
+    from llm_course.profiling.annotate import op_cost
+
+    x, h, w, b = torch.randn(4, 8), torch.randn(4, 8).half(), torch.randn(8), torch.randn(8)
+    call = op_cost("add_layer_norm", (x, h, w, b), {})
+    assert call.fwd_bytes == 4 * 8 * (4 + 2 + 4 + 2) + 2 * 8 * 4
+    assert call.bwd_bytes == 4 * 8 * (3 * 4 + 2 * 2) + 2 * 8 * 4
+    norm = op_cost("layer_norm", (x, w, b), {})
+    assert call.fwd_flops == norm.fwd_flops + 4 * 8  # the norm's, and one add per element
+    assert classify_kernel("add_norm_fwd_kernel") == classify_kernel("add_norm_bwd_kernel") == "norms"
+
+
 B, T = 2, 16
 
 

@@ -147,6 +147,12 @@ BAD = [
     ("cross_entropy", "meta logits", lambda: ((_meta(3, 5), _ints(3) % 5), {}), ValueError, r"^cross_entropy: logits is on the meta device"),
     ("cross_entropy", "3-d logits", lambda: ((_r(2, 3, 5), _ints(2, 3) % 5), {}), ValueError, r"^cross_entropy: logits must have 2 dimensions"),
     ("cross_entropy", "targets (N, 1)", lambda: ((_r(3, 5), _ints(3, 1) % 5), {}), ValueError, r"^cross_entropy: targets has shape \(3, 1\), expected \(3,\)"),
+    ("add_layer_norm", "int h", lambda: ((_r(2, 4), _ints(2, 4), _r(4), _r(4)), {}), TypeError, r"^add_layer_norm: h has dtype int64"),
+    ("add_layer_norm", "h broadcast", lambda: ((_r(2, 4), _r(4), _r(4), _r(4)), {}), ValueError, r"^add_layer_norm: inputs must have the same shape, got x \(2, 4\), h \(4,\)"),
+    ("add_layer_norm", "bias (1,)", lambda: ((_r(2, 4), _r(2, 4), _r(4), _r(1)), {}), ValueError, r"^add_layer_norm: bias has shape \(1,\), expected \(4,\)"),
+    ("add_rms_norm", "weight (3,)", lambda: ((_r(2, 4), _r(2, 4), _r(3)), {}), ValueError, r"^add_rms_norm: weight has shape \(3,\), expected \(4,\)"),
+    ("add_rms_norm", "meta h", lambda: ((_r(2, 4), _meta(2, 4), _r(4)), {}), ValueError, r"^add_rms_norm: h is on the meta device"),
+    ("add_rms_norm", "eps NaN", lambda: ((_r(2, 4), _r(2, 4), _r(4), float("nan")), {}), ValueError, r"^add_rms_norm: eps must be"),
     ("cross_entropy", "V = 0", lambda: ((_r(3, 0), _ints(3) % 5), {}), ValueError, r"^cross_entropy: logits has shape \(3, 0\): no class"),
     ("cross_entropy", "reduction none", lambda: ((_r(3, 5), _ints(3) % 5), {"reduction": "none"}), ValueError, r"^cross_entropy: reduction must be 'mean' or 'sum'"),
     ("cross_entropy", "ignore_index float", lambda: ((_r(3, 5), _ints(3) % 5), {"ignore_index": -100.0}), TypeError, r"^cross_entropy: ignore_index must be an int"),
@@ -188,6 +194,10 @@ EMPTY = [
     ("rms_norm", "no rows", lambda: ((_r(0, 8), _r(8)), {}), (0, 8)),
     ("layer_norm", "rows of 0", lambda: ((_r(3, 0), _r(0), _r(0)), {}), (3, 0)),
     ("layer_norm", "no rows", lambda: ((_r(2, 0, 8), _r(8), _r(8)), {}), (2, 0, 8)),
+    ("add_layer_norm", "rows of 0", lambda: ((_r(3, 0), _r(3, 0), _r(0), _r(0)), {}), (2, 3, 0)),
+    ("add_layer_norm", "no rows", lambda: ((_r(2, 0, 8), _r(2, 0, 8), _r(8), _r(8)), {}), (2, 2, 0, 8)),
+    ("add_rms_norm", "rows of 0", lambda: ((_r(3, 0), _r(3, 0), _r(0)), {}), (2, 3, 0)),
+    ("add_rms_norm", "no rows", lambda: ((_r(0, 8), _r(0, 8), _r(8)), {}), (2, 0, 8)),
     ("matmul", "M = 0", lambda: ((_r(0, 4), _r(4, 5)), {}), (0, 5)),
     ("matmul", "K = 0", lambda: ((_r(3, 0), _r(0, 5)), {}), (3, 5)),
     ("matmul", "N = 0", lambda: ((_r(3, 4), _r(4, 0)), {}), (3, 0)),
@@ -219,6 +229,11 @@ def _float_tensors(args):
     return [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
 
 
+def _stacked(y):
+    """An op's result as one tensor: the outputs of a two-output op (add_layer_norm's sum and norm) stacked."""
+    return torch.stack([t.to(y[0].dtype) for t in y]) if isinstance(y, tuple) else y
+
+
 def _run(name, backend, args, kwargs, grad=True):
     """The op's result and the gradients of sum(result * g) for its float tensor inputs (g fixed)."""
     args = tuple(a.detach().clone().requires_grad_(grad) if isinstance(a, torch.Tensor) and a.is_floating_point()
@@ -226,7 +241,7 @@ def _run(name, backend, args, kwargs, grad=True):
     if name == "apply_rope":  # cos and sin are tables: no gradient (the Triton kernel refuses one)
         args = (args[0], *(t.detach() for t in args[1:]))
     with use_backend(backend):
-        y = getattr(ops, name)(*args, **kwargs)
+        y = _stacked(getattr(ops, name)(*args, **kwargs))
     inputs = [a for a in _float_tensors(args) if a.requires_grad]
     if not grad or not inputs:
         return y.detach(), []
@@ -284,7 +299,7 @@ def _double_backward(name, backend):
         args = (args[0], *(t.detach() for t in args[1:]))
     inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
     with use_backend(backend):
-        y = getattr(ops, name)(*args, **kwargs)
+        y = _stacked(getattr(ops, name)(*args, **kwargs))
     grads = torch.autograd.grad((y**2).sum(), inputs, create_graph=True)
     second = sum((g * torch.linspace(-1, 1, g.numel()).reshape(g.shape).to(g)).sum() for g in grads)
     second.backward()

@@ -157,6 +157,29 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     require_eps("layer_norm", eps)
 
 
+def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   eps: float = 1e-5) -> None:  # fmt: skip
+    _add_norm("add_layer_norm", x, h, weight, bias, eps)
+
+
+def add_rms_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> None:
+    _add_norm("add_rms_norm", x, h, weight, None, eps)
+
+
+def _add_norm(op: str, x, h, weight, bias, eps) -> None:
+    require_tensor(op, "x", x)
+    require_at_least_1d(op, "x", x)
+    require_tensor(op, "h", h)
+    require_same_shape(op, x=x, h=h)  # no broadcasting: h is a sub-layer's output for every token of x
+    require_tensor(op, "weight", weight)
+    require_tensor(op, "bias", bias, optional=True)
+    require_device(op, x=x, h=h, weight=weight, bias=bias)
+    require_floating(op, x=x, h=h, weight=weight, bias=bias)  # x and h may differ: s takes x's, y h's dtype
+    require_vector_of(op, "weight", weight, x.shape[-1])
+    require_vector_of(op, "bias", bias, x.shape[-1])
+    require_eps(op, eps)
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor) -> None:
     require_tensor("matmul", "a", a, ndim=2)
     require_tensor("matmul", "b", b, ndim=2)

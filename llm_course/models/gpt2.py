@@ -34,7 +34,11 @@ from llm_course.models.kv_cache import KVCache
 
 
 class Block(nn.Module):
-    """One GPT-2 layer: ``x + attn(ln_1(x))``, then ``+ mlp(ln_2(x))``. x (B, T, C) -> (B, T, C)."""
+    """One GPT-2 layer: ``x + attn(ln_1(x))``, then ``+ mlp(ln_2(x))``. x (B, T, C) -> (B, T, C).
+
+    The first residual add and ``ln_2`` after it are one op (``LayerNorm.add_and_norm``): the
+    same numbers as ``x = x + h; ln_2(x)``, in one pass over memory instead of two.
+    """
 
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -48,9 +52,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
         # Under autocast a sub-layer returns bfloat16; the residual stream keeps its own dtype (fp32).
         h = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, kv_cache=kv_cache)  # (B, T, C)
-        x = ops.add(x, h.to(x.dtype))
-        x = ops.add(x, self.mlp(self.ln_2(x)).to(x.dtype))  # (B, T, C)
-        return x
+        x, y = self.ln_2.add_and_norm(x, h)  # x + h and ln_2(x + h), one pass over memory (y in h's dtype)
+        return ops.add(x, self.mlp(y).to(x.dtype))  # (B, T, C)
 
 
 class GPT2Model(nn.Module):

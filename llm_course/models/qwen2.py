@@ -55,9 +55,9 @@ class Qwen2DecoderLayer(nn.Module):
         h = self.self_attn(self.input_layernorm(x), position_embeddings=position_embeddings,
                            key_padding_mask=key_padding_mask, kv_cache=kv_cache)  # fmt: skip
         # Under autocast a sub-layer returns bfloat16; the residual stream keeps its own dtype (fp32).
-        x = ops.add(x, h.to(x.dtype))  # (B, T, C)
-        x = ops.add(x, self.mlp(self.post_attention_layernorm(x)).to(x.dtype))  # (B, T, C)
-        return x
+        # x + h and its norm in one pass over memory (as GPT-2's Block); y in h's dtype
+        x, y = self.post_attention_layernorm.add_and_norm(x, h)  # (B, T, C) each
+        return ops.add(x, self.mlp(y).to(x.dtype))  # (B, T, C)
 
 
 class Qwen2Model(nn.Module):

@@ -118,6 +118,16 @@ def _norm(x, weight, *rest, backend, kind):
     return fl, by, 2 * fl, (3 * rows * cols + 3 * cols) * db
 
 
+def _add_norm(x, h, weight, *rest, backend, kind):
+    """The norm's cost plus the add; x and h read, s (x's dtype) and y (h's dtype) written, once each."""
+    rows, cols = _rows_cols(x)
+    n, dx, dh = rows * cols, x.element_size(), h.element_size()
+    fl, _, fl_bwd, _ = _norm(x, weight, *rest, backend=backend, kind=kind)
+    params = (2 if kind == "layer" and rest and rest[0] is not None else 1) * cols * weight.element_size()
+    # forward: read x, h, write s, y; backward: read dy, ds, s, write dx, dh (and the weight's gradients)
+    return fl + n, n * (2 * dx + 2 * dh) + params, fl_bwd + n, n * (3 * dx + 2 * dh) + params
+
+
 def _elementwise(n_in: int, flops_fwd: int, flops_bwd: int, bwd_in: int, bwd_out: int):
     def cost(x, *rest, backend, **_):
         n, db = x.numel(), x.element_size()
@@ -174,6 +184,8 @@ _COSTS = {
     "attention": _attention,
     "layer_norm": lambda *a, backend, **k: _norm(*a[:3], backend=backend, kind="layer"),
     "rms_norm": lambda *a, backend, **k: _norm(*a[:2], backend=backend, kind="rms"),
+    "add_layer_norm": lambda *a, backend, **k: _add_norm(*a[:4], backend=backend, kind="layer"),
+    "add_rms_norm": lambda *a, backend, **k: _add_norm(*a[:3], backend=backend, kind="rms"),
     "softmax": _softmax,
     "add": _elementwise(2, 1, 0, 1, 2),  # backward: dy copied to both inputs (often no kernel at all)
     "gelu_tanh": _elementwise(1, 8, 12, 2, 1),

@@ -37,6 +37,8 @@ OP_CATEGORY = {
     "decode_attention": "attention",
     "layer_norm": "norms",
     "rms_norm": "norms",
+    "add_layer_norm": "norms",  # the residual add fused into the norm
+    "add_rms_norm": "norms",
     "cross_entropy": "loss",
     "fused_linear_cross_entropy": "loss",
     "softmax": "elementwise",
@@ -57,7 +59,7 @@ _RULES: list[tuple[str, str]] = [
     ("attention", r"flash|fmha|attn|attention|scaled_dot_product|sdpa|_bwd_dkdv|_bwd_dq|_bwd_preprocess|decode_split|"
                   r"decode_combine"),  # fmt: skip
     ("loss", r"cross_?entropy|nll_?loss|log_?softmax|logsumexp"),
-    ("norms", r"layer_?norm|rms_?norm|group_?norm|batch_?norm"),
+    ("norms", r"layer_?norm|rms_?norm|add_norm|group_?norm|batch_?norm"),
     ("matmul", r"gemm|gemv|xmma|wgmma|cutlass|cublas|nvjet|matmul|splitkreduce|aten::(mm|addmm|bmm|baddbmm|linear)$|"
                r"_mm_|linear_kernel"),  # fmt: skip
     ("elementwise", r"elementwise|vectorized|unrolled|reduce_kernel|reduction|gelu|silu|tanh|sigmoid|rope|embedding|"

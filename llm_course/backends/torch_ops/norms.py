@@ -52,6 +52,25 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return y.to(x.dtype)
 
 
+def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A residual add and the LayerNorm after it: ``s = x + h`` (x's dtype), ``y = layer_norm(s)`` (h's dtype).
+
+    x, h (..., N). In a pre-norm block x is the residual stream and h a sub-layer's output;
+    y, in the sub-layer's dtype (bfloat16 under autocast), feeds the next sub-layer.
+    The Triton kernel (``triton_ops/add_norm.py``) does both in one pass over memory.
+    """
+    s = x + h.to(x.dtype)
+    return s, layer_norm(s, weight, bias, eps).to(h.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
+                 eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A residual add and the RMSNorm after it: ``s = x + h`` (x's dtype), ``y = rms_norm(s)`` (h's dtype)."""
+    s = x + h.to(x.dtype)
+    return s, rms_norm(s, weight, eps).to(h.dtype)
+
+
 def rms_norm_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -264,6 +264,67 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return _rms_norm(x, weight, eps)[0]
 
 
+@torch.library.custom_op(f"{NS}::add_norm", mutates_args=())
+def _add_norm(
+    x: Tensor, h: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, is_rms: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from llm_course.backends.triton_ops.add_norm import add_norm_forward
+    from llm_course.backends.triton_ops.launch import as_rows
+
+    s, y, mean, rstd = add_norm_forward(as_rows(x), as_rows(h), weight, bias, eps, is_rms)
+    return s.view(x.shape), y.view(x.shape), mean, rstd
+
+
+@torch.library.custom_op(f"{NS}::add_norm_backward", mutates_args=())
+def _add_norm_backward(
+    ds: Tensor, dy: Tensor, s: Tensor, weight: Tensor, bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
+    h_dtype: torch.dtype, is_rms: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    from llm_course.backends.triton_ops.add_norm import add_norm_backward
+    from llm_course.backends.triton_ops.launch import as_rows
+
+    dx, dh, dw, db = add_norm_backward(as_rows(ds), as_rows(dy), as_rows(s), weight, bias, mean, rstd, h_dtype, is_rms)
+    # dw and db may be two rows of one buffer; a custom op's outputs must not share memory
+    return dx.view(dy.shape), dh.view(dy.shape), dw.clone(), db.clone() if db is not None else weight.new_empty(0)
+
+
+@_add_norm.register_fake
+def _(x, h, weight, bias, eps, is_rms):
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else x.numel()
+    stat = x.new_empty(rows, dtype=torch.float32)
+    return _new(x), _new(x, dtype=h.dtype), stat, torch.empty_like(stat)
+
+
+@_add_norm_backward.register_fake
+def _(ds, dy, s, weight, bias, mean, rstd, h_dtype, is_rms):
+    db = _new(bias) if bias is not None else weight.new_empty(0)
+    return _new(s), _new(s, dtype=h_dtype), _new(weight), db
+
+
+def _add_norm_setup(ctx, inputs, output):
+    x, h, weight, bias, _, is_rms = inputs
+    s, _, mean, rstd = output
+    _no_grad_outputs(ctx, mean, rstd)
+    ctx.save_for_backward(s, weight, bias, mean, rstd)
+    ctx.has_bias, ctx.h_dtype, ctx.is_rms = bias is not None, h.dtype, is_rms
+
+
+def _add_norm_grad(ctx, ds, dy, _dmean, _drstd):
+    s, weight, bias, mean, rstd = ctx.saved_tensors
+    ds = torch.zeros_like(s) if ds is None else ds  # an output nobody used
+    dy = torch.zeros_like(s, dtype=ctx.h_dtype) if dy is None else dy
+    dx, dh, dw, db = _add_norm_backward(ds, dy, s, weight, bias, mean, rstd, ctx.h_dtype, ctx.is_rms)
+    return dx, dh, dw, db if ctx.has_bias else None, None, None
+
+
+_add_norm.register_autograd(_add_norm_grad, setup_context=_add_norm_setup)
+
+
+def add_norm(x: Tensor, h: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, is_rms: bool):
+    s, y, _, _ = _add_norm(x, h, weight, bias, eps, is_rms)
+    return s, y
+
+
 # --- RoPE -------------------------------------------------------------------------------------
 
 

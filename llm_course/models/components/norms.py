@@ -35,6 +35,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.rms_norm(x, self.weight, self.eps)
 
+    def add_and_norm(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x + h, self(x + h))`` in one pass: a residual add and this norm after it.
+        x, h (..., hidden_size) -> the sum in x's dtype, its norm in h's dtype."""
+        return ops.add_rms_norm(x, h, self.weight, self.eps)
+
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.eps}"
 
@@ -59,6 +64,11 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def add_and_norm(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x + h, self(x + h))`` in one pass: a residual add and this norm after it.
+        x, h (..., hidden_size) -> the sum in x's dtype, its norm in h's dtype."""
+        return ops.add_layer_norm(x, h, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.eps}, bias={self.bias is not None}"
