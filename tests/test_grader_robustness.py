@@ -155,7 +155,10 @@ def test_an_endless_loop_in_a_function_is_stopped_too(tmp_path, capsys):
 def test_stopping_the_grader_ends_its_test_process(tmp_path, sig):
     looping = tmp_path / "looping"
     sub = submission(tmp_path, stage0_measure__timer=f'"""Stuck at import."""\nopen({str(looping)!r}, "w").close()\nwhile True:\n    pass\n')
-    code = f"from llm_course.grading.grader import run_tests; run_tests(0, {str(sub)!r}, topics=['timer'], timeout=300)"
+    # Ctrl-C's handler, as in a terminal: a process started in the background of a non-interactive shell
+    # (a CI script, `make test &`) inherits SIGINT ignored, and Python then leaves it ignored
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"from llm_course.grading.grader import run_tests; run_tests(0, {str(sub)!r}, topics=['timer'], timeout=300)")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     try:
         running = lambda: processes_mentioning(str(sub))  # noqa: E731
