@@ -174,6 +174,13 @@ def test_stored_outputs_are_those_of_the_untouched_stubs(nb_path):
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_notebook_is_valid_nbformat(nb_path):
+    """What Jupyter checks on opening a notebook (an invalid one opens with a warning, or not at all)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbformat.validate(nbformat.read(nb_path, as_version=4))
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_stored_outputs_name_no_path_of_the_machine_that_made_them(nb_path):
     execute = load_execute_module()
     assert execute.find_machine_paths(read(nb_path)) == []

@@ -131,7 +131,9 @@ def execute(path: Path, timeout: int) -> None:
     start = time.perf_counter()
     client.execute()
     for cell in nb.cells:
-        cell["outputs"] = merge_streams(cell.get("outputs", []))
+        if cell.cell_type == "code":  # a markdown cell has no outputs (nbformat refuses the field)
+            cell["outputs"] = merge_streams(cell.get("outputs", []))
+    nbformat.validate(nb)  # what Jupyter checks when it opens the notebook
     hits = find_machine_paths(nb)
     if hits:
         sys.exit(f"{path.name}: outputs name paths of this machine; not stored:\n  " + "\n  ".join(hits))
