@@ -83,10 +83,11 @@ def add_norm_bwd_kernel(
     dy_ptr, ds_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dh_ptr, dw_partial_ptr, db_partial_ptr,
     dy_row_stride, ds_row_stride, s_row_stride, dx_row_stride, dh_row_stride,
     n_rows, n_cols, inv_n, rows_per_program,
-    IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DS: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, NUM_STAGES: tl.constexpr,
+    IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
-    """Program p: dx and dh (= ds + norm's backward of dy) for its rows, and their partial dweight (and dbias)."""
+    """Program p: dx and dh (= ds + norm's backward of dy) for its rows, and their partial dweight (and dbias).
+
+    The loop is ``layernorm_bwd_kernel``'s (RMSNorm's with mean 0), with ds added and two stores."""
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_SIZE)
     mask = cols < n_cols
@@ -107,8 +108,8 @@ def add_norm_bwd_kernel(
             dsum = rstd * (g - s_hat * c1)
         else:
             dsum = rstd * (g - s_hat * c1 - tl.sum(g, axis=0) * inv_n)
-        if HAS_DS:  # the gradient that reached s from the rest of the stream
-            dsum += tl.load(ds_ptr + row * ds_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        # plus the gradient that reached s from the rest of the stream
+        dsum += tl.load(ds_ptr + row * ds_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + row * dx_row_stride + cols, dsum.to(dx_ptr.dtype.element_ty), mask=mask)
         tl.store(dh_ptr + row * dh_row_stride + cols, dsum.to(dh_ptr.dtype.element_ty), mask=mask)
         dw += dy * s_hat
@@ -138,6 +139,10 @@ def _check(op: str, x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias
                              f"{name}'s length must be x's last dimension")  # fmt: skip
 
 
+def _op(is_rms: bool) -> str:
+    return "add_rms_norm" if is_rms else "add_layer_norm"
+
+
 def add_norm_forward(x, h, weight, bias, eps: float, is_rms: bool):
     """x, h (M, N); weight, bias (N,) or None -> s (M, N) in x's dtype, y (M, N) in h's dtype, mean, rstd (M,) float32."""
     M, N = x.shape
@@ -147,7 +152,7 @@ def add_norm_forward(x, h, weight, bias, eps: float, is_rms: bool):
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:  # rows of no elements: rstd as for a variance of 0
         return s, y, mean, rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
-    block, num_warps = block_config("add_norm", N, MAX_FUSED_SIZE)
+    block, num_warps = block_config(_op(is_rms), N, MAX_FUSED_SIZE)
     w = weight.contiguous()
     add_norm_fwd_kernel[(M,)](
         x, h, w, bias.contiguous() if bias is not None else w, s, y, mean, rstd,
@@ -158,7 +163,7 @@ def add_norm_forward(x, h, weight, bias, eps: float, is_rms: bool):
 
 
 def add_norm_backward(ds, dy, s, weight, bias, mean, rstd, h_dtype: torch.dtype, is_rms: bool):
-    """ds (M, N) or None, dy, s (M, N); weight, bias (N,) or None; mean, rstd (M,)
+    """ds, dy, s (M, N); weight, bias (N,) or None; mean, rstd (M,)
     -> dx (M, N) in s's dtype, dh (M, N) in h_dtype, dweight (N,), dbias (N,) or None."""
     has_bias = bias is not None
     M, N = s.shape
@@ -166,18 +171,15 @@ def add_norm_backward(ds, dy, s, weight, bias, mean, rstd, h_dtype: torch.dtype,
     dh = torch.empty((M, N), dtype=h_dtype, device=s.device)
     if M == 0 or N == 0:
         return dx, dh, torch.zeros_like(weight), torch.zeros_like(bias) if has_bias else None
-    block, num_warps = block_config("add_norm", N, MAX_FUSED_SIZE)
-    programs = backward_programs(M, num_warps, s.device)
-    rows_per_program = triton.cdiv(M, programs)
-    programs = triton.cdiv(M, rows_per_program)  # no program left without rows
+    block, num_warps = block_config(_op(is_rms), N, MAX_FUSED_SIZE)
+    programs, rows_per_program = backward_programs(M, num_warps, s.device)
     # partial sums: [0] dweight, [1] dbias, one row per program; one .sum() reduces both
     partial = torch.empty((2 if has_bias else 1, programs, N), dtype=torch.float32, device=s.device)
     add_norm_bwd_kernel[(programs,)](
-        dy, ds if ds is not None else dy, s, weight.contiguous(), mean, rstd, dx, dh, partial[0], partial[-1],
-        dy.stride(0), ds.stride(0) if ds is not None else 0, s.stride(0), dx.stride(0), dh.stride(0),
+        dy, ds, s, weight.contiguous(), mean, rstd, dx, dh, partial[0], partial[-1],
+        dy.stride(0), ds.stride(0), s.stride(0), dx.stride(0), dh.stride(0),
         M, N, 1.0 / N, rows_per_program,
-        IS_RMS=is_rms, HAS_BIAS=has_bias, HAS_DS=ds is not None,
-        BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, s.element_size()), num_warps=num_warps,
+        IS_RMS=is_rms, HAS_BIAS=has_bias, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, s.element_size()), num_warps=num_warps,
     )  # fmt: skip
     sums = partial.sum(dim=1)  # (2 or 1, N) float32
     return dx, dh, sums[0].to(weight.dtype), sums[1].to(bias.dtype) if has_bias else None
@@ -200,8 +202,8 @@ class AddNormFunction(torch.autograd.Function):
         return dx.view(dy.shape), dh.view(dy.shape), dw, db, None, None
 
 
-def _add_norm(op, x, h, weight, bias, eps, is_rms):
-    _check(op, x, h, weight, bias)  # once, here: the launchers trust their inputs
+def _add_norm(x, h, weight, bias, eps, is_rms):
+    _check(_op(is_rms), x, h, weight, bias)  # once, here: the launchers trust their inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.add_norm(x, h, weight, bias, eps, is_rms)
     return AddNormFunction.apply(x, h, weight, bias, eps, is_rms)
@@ -210,10 +212,10 @@ def _add_norm(op, x, h, weight, bias, eps, is_rms):
 def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(x + h, layer_norm(x + h)) in one pass: x, h (..., N) -> s in x's dtype, y in h's dtype."""
-    return _add_norm("add_layer_norm", x, h, weight, bias, eps, False)
+    return _add_norm(x, h, weight, bias, eps, False)
 
 
 def add_rms_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
                  eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(x + h, rms_norm(x + h)) in one pass: x, h (..., N) -> s in x's dtype, y in h's dtype."""
-    return _add_norm("add_rms_norm", x, h, weight, None, eps, True)
+    return _add_norm(x, h, weight, None, eps, True)

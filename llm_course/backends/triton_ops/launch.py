@@ -10,7 +10,7 @@ an (M, N) view of their input, held in registers as one block:
 Kernels whose backward reduces over rows (a norm's dweight) launch about as many
 programs as the GPU runs at once, each looping over a block of rows:
 
-    programs = backward_programs(M, num_warps, x.device)
+    programs, rows_per_program = backward_programs(M, num_warps, x.device)
     stages = backward_stages(block, x.element_size())
 
 Settings that ask the device (its number of SMs) are cached: they cost nothing
@@ -69,16 +69,20 @@ def sm_count(device_index: int) -> int:
     return _SM_COUNTS[device_index]
 
 
-def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> int:
-    """How many programs a row-reducing backward launches: enough to fill the GPU, each looping over rows.
+def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows_per_program) for a row-reducing backward: enough programs to fill the GPU, each looping over rows.
 
     About 16 warps per SM: 2 programs of 8 warps, 4 of 4, 1 of 16. Fewer in the
-    interpreter, where programs run one after another anyway.
+    interpreter, where programs run one after another anyway. The rows are dealt out
+    evenly, and no program is left without rows.
     """
     if is_interpreter() or not is_gpu(device):
-        return max(1, min(n_rows, 4))
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(n_rows, sm_count(index) * max(1, 16 // num_warps)))
+        most = 4
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        most = sm_count(index) * max(1, 16 // num_warps)
+    rows_per_program = max(1, triton.cdiv(n_rows, max(1, min(n_rows, most))))
+    return triton.cdiv(n_rows, rows_per_program), rows_per_program
 
 
 def backward_stages(block_size: int, element_size: int) -> int:

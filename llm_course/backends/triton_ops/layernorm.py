@@ -160,9 +160,7 @@ def layernorm_backward(
     if M == 0 or N == 0:
         return dx, torch.zeros_like(weight), torch.zeros_like(bias) if has_bias else None
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
-    programs = backward_programs(M, num_warps, x.device)
-    rows_per_program = triton.cdiv(M, programs)
-    programs = triton.cdiv(M, rows_per_program)
+    programs, rows_per_program = backward_programs(M, num_warps, x.device)
     # partial sums: [0] dweight, [1] dbias, one row per program; one .sum() reduces both
     partial = torch.empty((2 if has_bias else 1, programs, N), dtype=torch.float32, device=x.device)
     layernorm_bwd_kernel[(programs,)](

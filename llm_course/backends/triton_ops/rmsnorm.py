@@ -126,9 +126,7 @@ def rmsnorm_backward(
     if M == 0 or N == 0:
         return dx, torch.zeros_like(weight)
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
-    programs = backward_programs(M, num_warps, x.device)
-    rows_per_program = triton.cdiv(M, programs)
-    programs = triton.cdiv(M, rows_per_program)  # no program left without rows
+    programs, rows_per_program = backward_programs(M, num_warps, x.device)
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
     rmsnorm_bwd_kernel[(programs,)](
         dy, x, weight.contiguous(), rstd, dx, dw_partial,
