@@ -51,7 +51,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """LayerNorm over the last dimension. x (..., N), weight and bias (N,)."""
 
 
-@op(torch="norms:add_layer_norm", triton="add_norm:add_layer_norm", check=checks.add_layer_norm)
+@op(torch="norms:add_layer_norm", triton="add_norm:add_layer_norm", check=checks.add_layer_norm,
+    composite="add_layer_norm")
 def add_layer_norm(
     x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +62,8 @@ def add_layer_norm(
     """
 
 
-@op(torch="norms:add_rms_norm", triton="add_norm:add_rms_norm", check=checks.add_rms_norm)
+@op(torch="norms:add_rms_norm", triton="add_norm:add_rms_norm", check=checks.add_rms_norm,
+    composite="add_rms_norm")
 def add_rms_norm(
     x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +116,24 @@ def attention(
     only the last ``window`` keys of each query; ``key_padding_mask`` (B, S) is True
     where a key is real and False where it is padding. ``dropout_p`` drops attention
     probabilities (layers pass it only while training). A query that sees no key gives 0.
+    """
+
+
+@op(torch="attention:qkv_attention", triton="qkv_attention:qkv_attention", check=checks.qkv_attention,
+    composite="qkv_attention")
+def qkv_attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    *,
+    causal: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Self-attention from a packed projection: ``attention`` on q, k, v split off ``qkv``, heads merged.
+
+    qkv (B, T, 3C) = [q | k | v] (GPT-2's ``c_attn`` output), C = num_heads * D -> (B, T, C).
+    The backward returns one packed (B, T, 3C) gradient, with no concatenation.
+    ``key_padding_mask`` (B, T) bool, True for real tokens.
     """
 
 

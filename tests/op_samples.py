@@ -39,6 +39,7 @@ SAMPLES = {
         (_randn(1, 2, 16, 16).to(dev), _randn(1, 2, 16, 16, seed=1).to(dev), _randn(1, 2, 16, 16, seed=2).to(dev)),
         {"causal": True},
     ),
+    "qkv_attention": lambda dev: ((_randn(2, 13, 96).to(dev), 2), {"causal": True}),  # C = 32: 2 heads of 16
     "decode_attention": lambda dev: (
         (_randn(2, 4, 1, 16).to(dev), _randn(2, 2, 24, 16, seed=1).to(dev), _randn(2, 2, 24, 16, seed=2).to(dev),
          torch.tensor([19, 7], dtype=torch.int32).to(dev)),

@@ -53,6 +53,7 @@ def _cases():
         ("add_rms_norm", custom_ops._add_norm, (_r(2, 3, 24), _r(2, 3, 24), _r(24), None, 1e-6, True)),
         ("apply_rope", custom_ops._apply_rope, (q, cos, sin, False)),
         ("flash_attention", custom_ops._flash_attention, (q, k, v, True, None, None, None)),
+        ("qkv_attention", custom_ops._qkv_attention, (_r(2, 5, 96), 2, True, None)),
         ("linear", custom_ops._linear, (_r(6, 24), _r(10, 24), _r(10))),
         ("cross_entropy", custom_ops._cross_entropy, (_r(6, 37), targets, -100, "mean")),
         ("fused_linear_cross_entropy", custom_ops._fused_linear_cross_entropy,

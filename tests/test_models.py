@@ -327,7 +327,8 @@ def test_dropout_only_in_training():
 
 
 MODEL_OPS = {
-    "gpt2": {"embedding", "add", "layer_norm", "add_layer_norm", "linear", "attention", "gelu_tanh", "decode_attention"},
+    "gpt2": {"embedding", "add", "layer_norm", "add_layer_norm", "linear", "attention", "qkv_attention", "gelu_tanh",
+             "decode_attention"},
     "qwen2": {"embedding", "add", "rms_norm", "add_rms_norm", "linear", "apply_rope", "attention", "silu_mul",
               "decode_attention"},
 }

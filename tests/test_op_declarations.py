@@ -108,3 +108,42 @@ def test_the_exercises_backend_falls_back_while_a_stub_is_untouched(name, monkey
     assert f"[exercise {EXERCISES[name]}: " in out and "using the reference" in out, out
     expected = implementation(name, "triton")(*args, **kwargs)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+COMPOSITES = {name: spec.composite for name, spec in OPS.items() if spec.composite}
+
+
+def test_the_fused_ops_have_compositions_of_the_ops_they_fuse():
+    assert COMPOSITES == {"add_layer_norm": "add_layer_norm", "add_rms_norm": "add_rms_norm",
+                          "qkv_attention": "qkv_attention"}  # fmt: skip
+    for name in COMPOSITES:
+        assert OPS[name].exercise is None, f"{name} has an exercise of its own: it needs no composition"
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSITES))
+def test_each_composition_has_its_ops_signature_and_result(name):
+    fn = implementation(name, "exercises")
+    assert fn.__module__ == registry.COMPOSITES
+    assert _params(fn) == _params(getattr(ops, name))
+    args, kwargs = SAMPLES[name](get_device())
+    got = fn(*args, **kwargs)
+    expected = implementation(name, "torch")(*args, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, inner", [("add_rms_norm", "rms_norm"), ("add_layer_norm", "add"),
+                                         ("qkv_attention", "attention")])  # fmt: skip
+def test_a_fused_op_runs_the_learners_answers_inside_it(name, inner, monkeypatch, capsys):
+    """Under the exercises backend a model's fused op must not hide the learner's kernel: with the
+    solutions, the op inside it runs the learner's function."""
+    monkeypatch.setenv("LLM_COURSE_IMPL", "solutions")
+    args, kwargs = SAMPLES[name](get_device())
+    with use_backend("exercises"):
+        got = getattr(ops, name)(*args, **kwargs)
+    assert f"[exercise {EXERCISES[inner]}: using your implementation]" in capsys.readouterr().out
+    torch.testing.assert_close(got, implementation(name, "torch")(*args, **kwargs), rtol=1e-4, atol=1e-4)
+
+
+def test_a_composite_beside_an_exercise_is_refused():
+    with pytest.raises(ValueError, match="needs no composite"):
+        registry.declare("a_test_op", inspect.signature(lambda x: x), torch=lambda x: x, exercise="t:f", composite="f")

@@ -110,6 +110,29 @@ def test_the_fused_add_and_norm_reads_and_writes_each_tensor_once():
     assert classify_kernel("add_norm_fwd_kernel") == classify_kernel("add_norm_bwd_kernel") == "norms"
 
 
+def test_every_op_has_a_category_and_a_cost():
+    """A new op in llm_course/ops.py must reach the profiler's tables: a category, and FLOPs and bytes."""
+    import sys
+    from pathlib import Path
+
+    from llm_course.backends import declared_ops
+    from llm_course.profiling.annotate import op_cost
+    from llm_course.profiling.categories import OP_CATEGORY
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from op_samples import SAMPLES
+
+    assert set(OP_CATEGORY) == set(declared_ops())
+    for name in declared_ops():
+        args, kwargs = SAMPLES[name]("cpu")
+        call = op_cost(name, args, kwargs)
+        assert call.fwd_bytes > 0, f"{name}: no cost formula in llm_course/profiling/annotate.py"
+    packed, split = op_cost("qkv_attention", SAMPLES["qkv_attention"]("cpu")[0], {}), None
+    q = torch.empty(2, 2, 13, 16)  # the sample's (B, T, 3C) = (2, 13, 96) as three (B, H, T, D)
+    split = op_cost("attention", (q, q, q), {})
+    assert (packed.fwd_flops, packed.fwd_bytes, packed.bwd_flops) == (split.fwd_flops, split.fwd_bytes, split.bwd_flops)
+
+
 B, T = 2, 16
 
 
@@ -165,7 +188,7 @@ def test_ops_on_the_roofline(step_profile):
     assert fwd.flops == expected and bwd.flops == 2 * expected
     assert fwd.calls == bwd.calls == 4 * L + 1  # the backward of each call was found (by sequence number)
     assert fwd.time_us > 0 and bwd.time_us > 0 and fwd.bound in ("compute", "memory")
-    assert ("attention", "backward") in ops_by and ("layer_norm", "forward") in ops_by
+    assert ("qkv_attention", "backward") in ops_by and ("layer_norm", "forward") in ops_by  # GPT-2: packed
     assert ("cross_entropy", "forward") in ops_by
     # on the CPU, the aten::mm rows have the profiler's FLOP count: together, every linear's matmuls
     mm = next(k for k in p.kernels if k.name == "aten::mm")

@@ -257,6 +257,34 @@ def attention(
         raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {dropout_p!r}")
 
 
+def qkv_attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    *,
+    causal: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> None:
+    op = "qkv_attention"
+    require_tensor(op, "qkv", qkv, ndim=3)
+    require_device(op, qkv=qkv)
+    require_floating(op, qkv=qkv)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
+    B, T, C3 = qkv.shape
+    if C3 % (3 * num_heads) != 0:
+        raise ValueError(f"{op}: qkv has shape {tuple(qkv.shape)}; its last dimension must be 3 * num_heads * "
+                         f"head_dim (q, k and v side by side), but {C3} is not a multiple of 3 * {num_heads}")  # fmt: skip
+    if key_padding_mask is not None:
+        m = key_padding_mask
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (B, T):
+            got = f"{str(m.dtype).removeprefix('torch.')} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape (B, T) = ({B}, {T}), got {got}")
+        require_device(op, qkv=qkv, key_padding_mask=m)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {dropout_p!r}")
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,

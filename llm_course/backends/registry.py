@@ -16,7 +16,10 @@ Each backend runs the same signature:
 * ``"triton"``    -- the Triton kernels (``llm_course/backends/triton_ops/``); without a
   GPU they run through the Triton interpreter;
 * ``"exercises"`` -- the learner's own answers where an exercise exists and is done,
-  the course's Triton kernel otherwise (the reference where an op has no kernel). The answers come from an *implementation
+  the course's Triton kernel otherwise (the reference where an op has no kernel). An op
+  that fuses several others (``add_rms_norm`` is ``add`` then ``rms_norm``) and has no
+  exercise of its own runs as that composition (``llm_course/backends/composites.py``),
+  so the learner's answers inside it still run. The answers come from an *implementation
   source* that another package registers with :func:`register_source` (the grading
   package does, for the course's ``exercises/``); the runtime itself never imports it.
 
@@ -49,6 +52,8 @@ ENV_BACKEND = "LLM_COURSE_BACKEND"
 
 # where a relative "module:function" of each backend lives
 PACKAGES = {"torch": "llm_course.backends.torch_ops", "triton": "llm_course.backends.triton_ops"}
+# where a fused op's composition of other ops lives (what the "exercises" backend runs)
+COMPOSITES = "llm_course.backends.composites"
 
 # the module that declares the ops (imported on the first lookup, if nobody has yet)
 DECLARATIONS = "llm_course.ops"
@@ -69,6 +74,7 @@ class OpSpec:
     exercise: str | None = None  # "topic:function" of the learner's answer, if any
     check: Callable | None = None  # runs before every backend, with the op's arguments
     autocast: bool = False  # a matrix product: under autocast, its inputs are cast first (see autocast_inputs)
+    composite: str | None = None  # the function in composites.py that computes it from other ops
 
 
 _OPS: dict[str, OpSpec] = {}
@@ -92,6 +98,7 @@ def op(
     exercise: str | None = None,
     check: Callable | None = None,
     autocast: bool = False,
+    composite: str | None = None,
 ) -> Callable[[Callable], Callable]:
     """Declare the decorated function as an op; returns the function models call.
 
@@ -99,13 +106,16 @@ def op(
     ``torch_ops`` or ``triton_ops``) or callables; ``exercise`` is the learner's
     ``"topic:function"`` (e.g. ``"stage1_kernels/rmsnorm:rms_norm"``); ``check`` is
     called with the op's arguments before any backend (``llm_course/backends/checks.py``);
-    ``autocast=True`` marks a matrix product, whose inputs autocast's dtype applies to.
+    ``autocast=True`` marks a matrix product, whose inputs autocast's dtype applies to;
+    ``composite`` names the function of ``composites.py`` that computes a fused op from
+    the ops it fuses (the ``"exercises"`` backend runs it, so the learner's kernels run).
     The decorated function's body is not run: its signature and docstring are the op's.
     """
 
     def decorate(fn: Callable) -> Callable:
         spec = declare(fn.__name__, inspect.signature(fn), inspect.getdoc(fn) or "",
-                       torch=torch, triton=triton, exercise=exercise, check=check, autocast=autocast)  # fmt: skip
+                       torch=torch, triton=triton, exercise=exercise, check=check, autocast=autocast,
+                       composite=composite)  # fmt: skip
 
         @functools.wraps(fn)
         def run(*args, **kwargs):
@@ -131,12 +141,15 @@ def declare(
     exercise: str | None = None,
     check: Callable | None = None,
     autocast: bool = False,
+    composite: str | None = None,
 ) -> OpSpec:
     """Record an op (what :func:`op` does). Declaring a name twice is an error."""
     if name in _OPS:
         raise ValueError(f"op {name!r} is declared twice")
+    if composite is not None and exercise is not None:
+        raise ValueError(f"op {name!r}: an op with an exercise of its own needs no composite")
     impls = {"torch": torch} if triton is None else {"torch": torch, "triton": triton}
-    spec = _OPS[name] = OpSpec(name, signature, doc, impls, exercise, check, autocast)
+    spec = _OPS[name] = OpSpec(name, signature, doc, impls, exercise, check, autocast, composite)
     return spec
 
 
@@ -305,7 +318,9 @@ def _resolve(op: str, backend: str) -> Callable:
     if key in _resolved:
         return _resolved[key]
     spec = _spec(op)
-    if backend == "exercises":
+    if backend == "exercises" and spec.composite is not None and _source("exercises") is not None:
+        fn = getattr(importlib.import_module(COMPOSITES), spec.composite)  # built from ops that have exercises
+    elif backend == "exercises":
         fn = fallback = implementation(op, "triton" if "triton" in spec.implementations else "torch")
         if spec.exercise is not None:
             source = _source("exercises")

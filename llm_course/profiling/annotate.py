@@ -106,6 +106,22 @@ def _attention(q, k, v, *, causal=True, backend, **_):
     return (F.attention_flops(B, H, T, S, D, causal), fwd_b, F.attention_backward_flops(B, H, T, S, D, causal), bwd_b)
 
 
+def _qkv_attention(qkv, num_heads, *, causal=True, backend, **_):
+    """attention's cost on the (B, H, T, D) views of the packed projection."""
+    B, T, C3 = qkv.shape
+    q = qkv.new_empty(1).expand(B, num_heads, T, C3 // (3 * num_heads))  # (B, H, T, D): a shape, no memory
+    return _attention(q, q, q, causal=causal, backend=backend)
+
+
+def _decode_attention(q, k_cache, v_cache, cache_seqlens, *, backend, **_):
+    """One query per head against the whole cache: an upper bound, as if every slot were filled
+    (the lengths live on the device; reading them would wait for it). Inference only: no backward."""
+    B, Hq, _, D = q.shape
+    Hkv, S = k_cache.shape[1], k_cache.shape[2]
+    db = _compute_bytes(q)
+    return 4 * B * Hq * S * D, (2 * B * Hkv * S * D + 2 * B * Hq * D) * db, 0, 0
+
+
 def _norm(x, weight, *rest, backend, kind):
     rows, cols = _rows_cols(x)
     db = x.element_size()
@@ -182,6 +198,8 @@ _COSTS = {
     "linear": _linear,
     "matmul": _matmul,
     "attention": _attention,
+    "qkv_attention": _qkv_attention,
+    "decode_attention": _decode_attention,
     "layer_norm": lambda *a, backend, **k: _norm(*a[:3], backend=backend, kind="layer"),
     "rms_norm": lambda *a, backend, **k: _norm(*a[:2], backend=backend, kind="rms"),
     "add_layer_norm": lambda *a, backend, **k: _add_norm(*a[:4], backend=backend, kind="layer"),

@@ -34,6 +34,7 @@ OP_CATEGORY = {
     "linear": "matmul",
     "matmul": "matmul",
     "attention": "attention",
+    "qkv_attention": "attention",
     "decode_attention": "attention",
     "layer_norm": "norms",
     "rms_norm": "norms",

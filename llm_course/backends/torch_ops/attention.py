@@ -156,6 +156,34 @@ def attention(
     return out.reshape(B, Hq, T, v.shape[-1]).to(q.dtype)  # (B, Hq, T, Dv)
 
 
+def split_qkv(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A packed projection (B, T, 3C) = [q | k | v] -> q, k, v, each a (B, H, T, D) view (no copy)."""
+    B, T, C3 = qkv.shape
+    q, k, v = qkv.unflatten(-1, (3, num_heads, C3 // (3 * num_heads))).unbind(2)  # 3 x (B, T, H, D)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def qkv_attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    *,
+    causal: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Self-attention from one packed projection: qkv (B, T, 3C) -> (B, T, C), heads merged.
+
+    The same as splitting q, k, v off the projection, :func:`attention`, and merging the
+    heads; GPT-2's attention is this. As one op, a kernel can write the three gradients
+    straight into one (B, T, 3C) tensor for the projection's backward, where autograd's
+    split would concatenate them (a copy of the whole projection's output).
+    """
+    B, T, C3 = qkv.shape
+    q, k, v = split_qkv(qkv, num_heads)  # (B, H, T, D) each
+    y = attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+    return y.transpose(1, 2).reshape(B, T, C3 // 3)  # (B, H, T, D) -> (B, T, C)
+
+
 # --- The online softmax: the softmax FlashAttention is built on -------------------------------
 #
 # The softmax of a row needs its max and its sum of exponentials. Both can be

@@ -20,6 +20,13 @@ here is used: the op modules call their ``torch.autograd.Function`` directly, wh
 less on the host per call. Each op module asks ``torch.compiler.is_compiling()`` and
 calls the function of the same name here when it is true.
 
+One thing the models must respect for inductor: the first time it meets a custom op,
+PyTorch 2.11 and older print the IR of every input in full, even with logging off, and
+that IR is the input's whole history. An op first met with the residual stream of every
+layer behind it takes longer to print than to train; the models are written so that each
+op is first met near the start of the forward or the end of the backward
+(``tests/test_compile_inductor.py`` checks).
+
 The launchers are imported inside the custom ops' bodies, which run only when a
 compiled graph runs: this module imports nothing from the op modules at import time, so
 they can import it at the top without an import circle.
@@ -413,6 +420,53 @@ _flash_attention.register_autograd(_flash_grad, setup_context=_flash_setup)
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: Optional[float], window: Optional[int],
               key_padding_mask: Optional[Tensor]) -> Tensor:  # fmt: skip
     return _flash_attention(q, k, v, causal, scale, window, key_padding_mask)[0]
+
+
+@torch.library.custom_op(f"{NS}::qkv_attention", mutates_args=())
+def _qkv_attention(
+    qkv: Tensor, num_heads: int, causal: bool, key_padding_mask: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    from llm_course.backends.triton_ops.qkv_attention import qkv_attention_forward
+
+    return qkv_attention_forward(qkv, num_heads, causal, key_padding_mask)
+
+
+@torch.library.custom_op(f"{NS}::qkv_attention_backward", mutates_args=())
+def _qkv_attention_backward(
+    qkv: Tensor, y: Tensor, lse: Tensor, dy: Tensor, num_heads: int, causal: bool, key_padding_mask: Optional[Tensor],
+) -> Tensor:  # fmt: skip
+    from llm_course.backends.triton_ops.qkv_attention import qkv_attention_backward
+
+    return qkv_attention_backward(qkv, y, lse, dy, num_heads, causal, key_padding_mask)
+
+
+@_qkv_attention.register_fake
+def _(qkv, num_heads, causal, key_padding_mask):
+    B, T, C3 = qkv.shape  # y (B, T, C), contiguous like the real one; lse (B, H, T)
+    return qkv.new_empty(B, T, C3 // 3), qkv.new_empty(B, num_heads, T, dtype=torch.float32)
+
+
+_qkv_attention_backward.register_fake(lambda qkv, y, lse, dy, num_heads, causal, key_padding_mask: _new(qkv))
+
+
+def _qkv_setup(ctx, inputs, output):
+    qkv, num_heads, causal, key_padding_mask = inputs
+    y, lse = output
+    _no_grad_outputs(ctx, lse)
+    ctx.save_for_backward(qkv, y, lse, key_padding_mask)
+    ctx.num_heads, ctx.causal = num_heads, causal
+
+
+def _qkv_grad(ctx, dy, _dlse):
+    qkv, y, lse, key_padding_mask = ctx.saved_tensors
+    return _qkv_attention_backward(qkv, y, lse, dy, ctx.num_heads, ctx.causal, key_padding_mask), None, None, None
+
+
+_qkv_attention.register_autograd(_qkv_grad, setup_context=_qkv_setup)
+
+
+def qkv_attention(qkv: Tensor, num_heads: int, causal: bool, key_padding_mask: Optional[Tensor]) -> Tensor:
+    return _qkv_attention(qkv, num_heads, causal, key_padding_mask)[0]
 
 
 # --- matrix products --------------------------------------------------------------------------

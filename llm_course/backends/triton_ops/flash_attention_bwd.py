@@ -334,11 +334,14 @@ def _bwd_dq_kernel(
 # --- the launcher -------------------------------------------------------------------------------
 
 
-def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, window=None, key_padding_mask=None):
+def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, window=None, key_padding_mask=None,
+                             out=None):  # fmt: skip
     """dQ, dK, dV of attention from the forward's inputs, output ``o`` and ``lse`` (B, Hq, T) float32.
 
     ``do`` is the gradient of ``o``; returns ``(dq, dk, dv)`` shaped like q, k, v and
-    stored like the forward's output (:func:`heads_split_empty`).
+    stored like the forward's output (:func:`heads_split_empty`), or written into
+    ``out=(dq, dk, dv)``: views shaped like q, k, v whose last stride is 1 (say, the
+    three parts of one packed gradient, see ``qkv_attention.py``).
     """
     check_tensor(OP, "do", do, ndim=4, dtypes=(q.dtype,))
     check_tensor(OP, "o", o, ndim=4, dtypes=(q.dtype,))
@@ -351,9 +354,12 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, wi
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    dq = heads_split_empty(B, Hq, T, D, like=q)  # stored (B, T, H, D): on their way back to the
-    dk = heads_split_empty(B, Hkv, S, D, like=k)  # projection the gradients need no copy
-    dv = heads_split_empty(B, Hkv, S, D, like=v)
+    if out is not None:
+        dq, dk, dv = out
+    else:
+        dq = heads_split_empty(B, Hq, T, D, like=q)  # stored (B, T, H, D): on their way back to the
+        dk = heads_split_empty(B, Hkv, S, D, like=k)  # projection the gradients need no copy
+        dv = heads_split_empty(B, Hkv, S, D, like=v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
 

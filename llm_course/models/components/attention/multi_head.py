@@ -6,6 +6,11 @@ One projection ``c_attn`` makes queries, keys and values for all heads at once,
     x (B, T, C) --c_attn--> q, k, v (B, T, C) each --split heads--> (B, H, T, D), C = H * D
       --attention--> (B, H, T, D) --merge heads--> (B, T, C) --c_proj--> dropout --> (B, T, C)
 
+Without a KV cache (training, a prompt) the middle three steps are one op,
+``ops.qkv_attention(qkv, H)``: the same numbers, but its backward writes the gradients
+of q, k and v into one (B, T, 3C) tensor for ``c_attn``, where autograd would
+concatenate three.
+
 The parameter names are those of Hugging Face's GPT-2 (``attn.c_attn``,
 ``attn.c_proj``). One difference to keep in mind when loading a checkpoint: HF's
 GPT-2 stores these weights in a ``Conv1D`` of shape (in, out), the transpose of
@@ -93,6 +98,16 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         check_hidden_states("MultiHeadAttention", x, self.hidden_size)
         B, T, C = x.shape
+        if kv_cache is None and past_key_value is None and not use_cache:  # training, or a prompt with no cache
+            # one op from the packed projection: its backward hands c_attn one (B, T, 3C)
+            # gradient, where splitting here would make autograd concatenate three
+            y = ops.qkv_attention(
+                self.c_attn(x), self.num_attention_heads,
+                causal=self.causal,
+                key_padding_mask=key_padding_mask,
+                dropout_p=self.attention_dropout if self.training else 0.0,
+            )  # (B, T, C), heads merged  # fmt: skip
+            return self.resid_dropout(self.c_proj(y))
         q, k, v = self.c_attn(x).split(self.hidden_size, dim=-1)  # 3 x (B, T, C)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, H, T, D)
         if kv_cache is not None:  # a static cache: write k, v in place, attend over the filled slots
