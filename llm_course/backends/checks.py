@@ -247,12 +247,18 @@ def attention(
         raise ValueError(f"{op}: scale must be a positive number or None, got {scale!r}")
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         raise ValueError(f"{op}: window must be a positive int or None, got {window!r}")
+    _padding_mask_and_dropout(op, key_padding_mask, dropout_p, shape=(B, S), names="(B, S)", q=q)
+
+
+def _padding_mask_and_dropout(op: str, key_padding_mask, dropout_p, *, shape: tuple[int, int], names: str,
+                              **inputs: torch.Tensor) -> None:  # fmt: skip
+    """The mask: None, or a bool tensor of ``shape`` on the device of ``inputs``; dropout_p in [0, 1)."""
     if key_padding_mask is not None:
         m = key_padding_mask
-        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (B, S):
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != shape:
             got = f"{str(m.dtype).removeprefix('torch.')} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
-            raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape (B, S) = ({B}, {S}), got {got}")
-        require_device(op, q=q, key_padding_mask=m)
+            raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape {names} = {shape}, got {got}")
+        require_device(op, **inputs, key_padding_mask=m)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {dropout_p!r}")
 
@@ -275,14 +281,7 @@ def qkv_attention(
     if C3 % (3 * num_heads) != 0:
         raise ValueError(f"{op}: qkv has shape {tuple(qkv.shape)}; its last dimension must be 3 * num_heads * "
                          f"head_dim (q, k and v side by side), but {C3} is not a multiple of 3 * {num_heads}")  # fmt: skip
-    if key_padding_mask is not None:
-        m = key_padding_mask
-        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (B, T):
-            got = f"{str(m.dtype).removeprefix('torch.')} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
-            raise ValueError(f"{op}: key_padding_mask must be a bool tensor of shape (B, T) = ({B}, {T}), got {got}")
-        require_device(op, qkv=qkv, key_padding_mask=m)
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    _padding_mask_and_dropout(op, key_padding_mask, dropout_p, shape=(B, T), names="(B, T)", qkv=qkv)
 
 
 def decode_attention(
