@@ -34,7 +34,7 @@ from llm_course.models.kv_cache import KVCache
 
 
 class Block(nn.Module):
-    """One GPT-2 layer: ``x + attn(ln_1(x))``, then ``+ mlp(ln_2(x))``. x (B, T, C) -> (B, T, C).
+    """One GPT-2 layer: ``x + attn(ln_1(x))``, then ``+ mlp(ln_2(x))``, on a (B, T, C) stream.
 
     Each residual add is done by the norm that follows it, in the same pass over memory
     (``LayerNorm.add_and_norm``: the same numbers as ``x = x + h; ln(x)``, read and written
