@@ -127,7 +127,7 @@ def test_every_op_has_a_category_and_a_cost():
         args, kwargs = SAMPLES[name]("cpu")
         call = op_cost(name, args, kwargs)
         assert call.fwd_bytes > 0, f"{name}: no cost formula in llm_course/profiling/annotate.py"
-    packed, split = op_cost("qkv_attention", SAMPLES["qkv_attention"]("cpu")[0], {}), None
+    packed = op_cost("qkv_attention", SAMPLES["qkv_attention"]("cpu")[0], {})
     q = torch.empty(2, 2, 13, 16)  # the sample's (B, T, 3C) = (2, 13, 96) as three (B, H, T, D)
     split = op_cost("attention", (q, q, q), {})
     assert (packed.fwd_flops, packed.fwd_bytes, packed.bwd_flops) == (split.fwd_flops, split.fwd_bytes, split.bwd_flops)

@@ -41,6 +41,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import as_rows, backward_programs, backward_stages, block_config  # noqa: E402
+from llm_course.backends.triton_ops.layernorm import norm_row_backward, normalize_row  # noqa: E402
 
 MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers, as in the norms' kernels
 
@@ -62,17 +63,11 @@ def add_norm_fwd_kernel(
     h = tl.load(h_ptr + row * h_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
     s = (x + h).to(s_ptr.dtype.element_ty)  # the sum as the stream stores it
     tl.store(s_ptr + row * s_row_stride + cols, s, mask=mask)
-    s = s.to(tl.float32)  # normalize what was stored, as an unfused norm would read it
-    if IS_RMS:
-        mean = 0.0
-        sm = s  # 0 in the padding already
-    else:
-        mean = tl.sum(s, axis=0) * inv_n
-        sm = tl.where(mask, s - mean, 0.0)  # the padding must stay 0 in the variance
-    rstd = tl.rsqrt(tl.sum(sm * sm, axis=0) * inv_n + eps)
+    # normalize what was stored, as an unfused norm would read it (LayerNorm's row, or RMSNorm's: mean 0)
+    s_hat, mean, rstd = normalize_row(s.to(tl.float32), mask, inv_n, eps, not IS_RMS)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
-    y = sm * rstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    y = s_hat * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * y_row_stride + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -102,12 +97,7 @@ def add_norm_bwd_kernel(
         mean = tl.load(mean_ptr + row)
         rstd = tl.load(rstd_ptr + row)
         s_hat = tl.where(mask, (s - mean) * rstd, 0.0)
-        g = dy * w  # 0 in the padding
-        c1 = tl.sum(g * s_hat, axis=0) * inv_n
-        if IS_RMS:
-            dsum = rstd * (g - s_hat * c1)
-        else:
-            dsum = rstd * (g - s_hat * c1 - tl.sum(g, axis=0) * inv_n)
+        dsum = norm_row_backward(dy, s_hat, w, rstd, inv_n, not IS_RMS)
         # plus the gradient that reached s from the rest of the stream
         dsum += tl.load(ds_ptr + row * ds_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + row * dx_row_stride + cols, dsum.to(dx_ptr.dtype.element_ty), mask=mask)

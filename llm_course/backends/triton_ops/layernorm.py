@@ -51,6 +51,37 @@ MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers, as in rmsnor
 
 
 @triton.jit
+def normalize_row(x, mask, inv_n, eps, CENTERED: tl.constexpr):
+    """One row x (BLOCK_SIZE,) in float32, 0 in the padding -> (x - mean) * rstd, mean, rstd.
+
+    ``CENTERED=False`` is RMSNorm's case: mean 0, rstd = 1 / sqrt(mean(x**2) + eps).
+    (Shared with the fused add-and-norm, ``add_norm.py``.)
+    """
+    if CENTERED:
+        mean = tl.sum(x, axis=0) * inv_n
+        xm = tl.where(mask, x - mean, 0.0)  # the padding must stay 0 in the variance
+    else:
+        xm = x
+    rstd = tl.rsqrt(tl.sum(xm * xm, axis=0) * inv_n + eps)
+    if not CENTERED:
+        mean = rstd * 0.0  # 0, as a float32 scalar like the centered case's (a helper returns tensors)
+    return xm * rstd, mean, rstd
+
+
+@triton.jit
+def norm_row_backward(dy, x_hat, w, rstd, inv_n, CENTERED: tl.constexpr):
+    """dx of one row: rstd * (g - x_hat * mean(g * x_hat) - mean(g)), g = dy * w (the last term if CENTERED).
+
+    dy, x_hat, w (BLOCK_SIZE,) float32, 0 in the padding. (Shared with ``add_norm.py``.)
+    """
+    g = dy * w
+    dx_hat = g - x_hat * (tl.sum(g * x_hat, axis=0) * inv_n)
+    if CENTERED:
+        dx_hat -= tl.sum(g, axis=0) * inv_n
+    return rstd * dx_hat
+
+
+@triton.jit
 def layernorm_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, inv_n, eps,
     HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
@@ -60,12 +91,10 @@ def layernorm_fwd_kernel(
     cols = tl.arange(0, BLOCK_SIZE)
     mask = cols < n_cols
     x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) * inv_n
-    xm = tl.where(mask, x - mean, 0.0)  # the padding must stay 0 in the variance
-    rstd = tl.rsqrt(tl.sum(xm * xm, axis=0) * inv_n + eps)
+    x_hat, mean, rstd = normalize_row(x, mask, inv_n, eps, True)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
-    y = xm * rstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x_hat * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * y_row_stride + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -92,10 +121,7 @@ def layernorm_bwd_kernel(
         mean = tl.load(mean_ptr + row)
         rstd = tl.load(rstd_ptr + row)
         x_hat = tl.where(mask, (x - mean) * rstd, 0.0)
-        g = dy * w  # 0 in the padding
-        c1 = tl.sum(g * x_hat, axis=0) * inv_n
-        c2 = tl.sum(g, axis=0) * inv_n
-        dx = rstd * (g - x_hat * c1 - c2)
+        dx = norm_row_backward(dy, x_hat, w, rstd, inv_n, True)
         tl.store(dx_ptr + row * dx_row_stride + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         dw += dy * x_hat
         if HAS_BIAS:
