@@ -75,6 +75,20 @@ def test_the_baseline_is_left_out_for_other_families(tmp_path):
     assert rows[1].vs_baseline > 0 and math.isnan(rows[2].vs_baseline)
 
 
+def test_a_model_trains_at_its_own_context_when_seq_is_longer(tmp_path, capsys):
+    """course-lm has 512 positions: --seq 1024 runs it at 512 (the table's T says so), not past its tables."""
+    from llm_course.models.config import load_model_config
+
+    block = load_model_config("qwen2-tiny").block_size
+    args = ["--models", "qwen2-tiny", "--paths", "torch", "--batch", "1", "--seq", str(block + 7),
+            "--warmup", "0", "--steps", "1", "--device", "cpu", "--out", str(tmp_path)]  # fmt: skip
+    assert train.main(args) == 0
+    (row,) = train.read_csv(tmp_path / "train.csv")
+    assert row.error == "" and row.seq == block
+    out = capsys.readouterr().out
+    assert " T " in out and f" {block} " in out and "nanx" not in out  # no baseline: "-", not "nanx"
+
+
 def test_zoo_names_configs_that_exist():
     from llm_course.models.config import load_model_config
 

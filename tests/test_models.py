@@ -305,6 +305,21 @@ def test_input_errors():
         type(model)(CONFIGS["gpt2"])
 
 
+def test_qwen2_past_block_size_under_torch_compile():
+    """RoPE extends past block_size; a compiled graph cannot grow the tables. With fullgraph the
+    longer input is refused by name (not read past the tables: a device-side assert on a GPU);
+    otherwise the growth runs eagerly at a graph break and the logits are those of eager mode."""
+    ids = torch.randint(0, 97, (1, 40))
+    expected = build(CONFIGS["qwen2"])(ids)
+    with pytest.raises(Exception, match="40 positions under torch.compile.*tables cover 32"):
+        torch.compile(build(CONFIGS["qwen2"]), backend="eager", fullgraph=True)(ids)
+    torch._dynamo.reset()
+    model = build(CONFIGS["qwen2"])
+    assert_close(torch.compile(model, backend="eager")(ids), expected, **TOL)
+    assert model.model.rotary_emb.cos_cached.shape[0] == 40
+    torch._dynamo.reset()
+
+
 # --- training and backends ------------------------------------------------------------------------
 
 

@@ -8,7 +8,9 @@
 ``--models zoo`` is the config zoo that trains on one GPU: GPT-2 124M, the Qwen2-0.5B shape and
 the course's own course-lm (the Qwen2-7B shape needs 16 bytes per parameter of training state,
 112 GB before any activation, and is left to FSDP over several GPUs). The baseline is GPT-2 only:
-for the other families its path is left out, and ``vs_baseline`` stays empty.
+for the other families its path is left out, and ``vs_baseline`` stays empty. Each model trains
+at ``--seq`` tokens or its own ``block_size`` if that is shorter (course-lm: 512); the table's
+``T`` column and the CSV's ``seq`` say which.
 
 One step = forward, loss, backward, ``optimizer.step()`` (fused AdamW) and ``zero_grad``, in
 bf16 autocast (weights, grads and optimizer state fp32), on a fixed batch of random tokens.
@@ -252,14 +254,15 @@ def _config(name: str):
 
 
 def format_rows(rows: list[TrainRow]) -> str:
-    head = f"{'model':<11} {'path':<17} {'B':>3} {'tok/s':>10} {'wall ms':>8} {'GPU ms':>8} {'MFU':>6} {'vs base':>7} {'peak GiB':>8} {'loss 1st->last':>15} {'setup s':>7}"
+    head = f"{'model':<11} {'path':<17} {'B':>3} {'T':>5} {'tok/s':>10} {'wall ms':>8} {'GPU ms':>8} {'MFU':>6} {'vs base':>7} {'peak GiB':>8} {'loss 1st->last':>15} {'setup s':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.error:
-            lines.append(f"{r.model:<11} {r.path:<17} {r.batch:>3}  error: {r.error}")
+            lines.append(f"{r.model:<11} {r.path:<17} {r.batch:>3} {r.seq:>5}  error: {r.error}")
             continue
-        lines.append(f"{r.model:<11} {r.path:<17} {r.batch:>3} {r.tokens_per_s:>10,.0f} {r.wall_ms:>8.1f} {r.gpu_ms:>8.1f} "
-                     f"{r.mfu:>6.1%} {r.vs_baseline:>6.2f}x {r.peak_gib:>8.2f} {r.loss_first:>7.3f}->{r.loss_last:<7.3f} {r.setup_s:>7.1f}")  # fmt: skip
+        vs = f"{r.vs_baseline:>6.2f}x" if math.isfinite(r.vs_baseline) else f"{'-':>7}"  # no baseline in this run
+        lines.append(f"{r.model:<11} {r.path:<17} {r.batch:>3} {r.seq:>5} {r.tokens_per_s:>10,.0f} {r.wall_ms:>8.1f} {r.gpu_ms:>8.1f} "
+                     f"{r.mfu:>6.1%} {vs} {r.peak_gib:>8.2f} {r.loss_first:>7.3f}->{r.loss_last:<7.3f} {r.setup_s:>7.1f}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -316,7 +319,7 @@ def parse_args(argv):
     p.add_argument("--models", default="gpt2-124m", help=f"comma-separated model config names, or zoo ({','.join(ZOO)})")
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
     p.add_argument("--batch", default="16", help="comma-separated sequences per step")
-    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--seq", type=int, default=1024, help="tokens per sequence (a model's block_size if shorter)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default=None)
@@ -343,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in args.paths.split(","):
                 if path == "baseline.compile" and _config(name).family != "gpt2":
                     continue  # the plain baseline is a GPT-2: nothing to compare a Qwen2 with
-                row = TrainRow(model=name, path=path, batch=batch, seq=args.seq)
+                seq = min(args.seq, _config(name).block_size)  # the model's own context at most
+                row = TrainRow(model=name, path=path, batch=batch, seq=seq)
                 try:
                     measure(row, device, peak_tflops, args.warmup, args.steps)
                 except Exception as e:  # noqa: BLE001 -- a failed path is a row, not the end of the run

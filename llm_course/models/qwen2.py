@@ -154,7 +154,8 @@ class Qwen2ForCausalLM(nn.Module):
             if attention_mask is not None:
                 key_padding_mask = check_attention_mask("Qwen2ForCausalLM", attention_mask, B, T)
             if position_ids is None:
-                position_ids = default_position_ids(B, T, key_padding_mask, input_ids.device)
+                position_ids = default_position_ids(B, T, key_padding_mask, input_ids.device)  # below T
+                self.model.rotary_emb.cover(T)  # RoPE extends past block_size; a compiled step cannot grow it
         h = self.model(input_ids, position_ids.expand(B, T), key_padding_mask, kv_cache)  # (B, T, C)
         return h if return_hidden else self.lm_head(h)  # (B, T, V)
 

@@ -269,6 +269,23 @@ class RotaryEmbedding(nn.Module):
         elif self.rope_type == "dynamic" and length <= trained < cached:
             self._build_cache(trained)  # back within the trained length: the original base
 
+    def cover(self, length: int) -> None:
+        """Make the tables cover positions 0 .. length - 1, from a host int (no read of the device).
+
+        A model calls this with its sequence length before it looks positions up. While
+        torch.compile traces, the tables cannot grow: a length beyond them is an error here,
+        not an out-of-range read inside a compiled kernel.
+        """
+        if torch.compiler.is_compiling():
+            if length > self.cos_cached.shape[0]:
+                raise ValueError(
+                    f"RotaryEmbedding: {length} positions under torch.compile, but the tables cover "
+                    f"{self.cos_cached.shape[0]} (max_position_embeddings={self.max_position_embeddings}); "
+                    "run the model once without compiling at this length first, or raise block_size"
+                )
+            return
+        self._ensure(length)
+
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) for these positions: position_ids (B, T) or (T,) -> (B, T, D) or (T, D) each."""
