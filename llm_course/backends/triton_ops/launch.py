@@ -55,6 +55,15 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
+def contiguous_1d(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D parameter (a norm's weight or bias) with stride 1, as a kernel reads it.
+
+    Asking the stride is a Python attribute; ``.contiguous()`` is a PyTorch call, which costs
+    the host microseconds even when it returns its input, at every layer of every step.
+    """
+    return t if t.stride(0) == 1 else t.contiguous()
+
+
 _SM_COUNTS: dict[int, int] = {}
 
 

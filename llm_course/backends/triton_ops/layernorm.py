@@ -18,6 +18,12 @@ variance. dweight and dbias are reduced like RMSNorm's dweight
 sums as one row of a (2, num_programs, N) float32 buffer (dweight's, dbias's); one
 ``.sum()`` at the end reduces both, one small kernel instead of two.
 
+The launchers keep the host's work per call small: every PyTorch call from Python
+(an allocation, a view, a cast) costs microseconds of the host's time, which a
+training loop pays at every layer. So the kernel finds dbias's half of the buffer
+itself (one pointer passed, not two views), the two sums are cast in one call, and
+a weight that is already contiguous is passed as it is.
+
 Means are sums times ``inv_n = 1 / N``, computed on the host: a division on
 the GPU is approximate (within 2 ulp), and rows of (nearly) equal values, whose
 ``rstd`` is about ``1 / sqrt(eps)``, magnify any error of ``x - mean`` a few
@@ -41,7 +47,9 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
-from llm_course.backends.triton_ops.launch import as_rows, backward_programs, backward_stages, block_config  # noqa: E402
+from llm_course.backends.triton_ops.launch import (  # noqa: E402
+    as_rows, backward_programs, backward_stages, block_config, contiguous_1d,
+)
 
 OP = "layer_norm"
 MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers, as in rmsnorm.py
@@ -102,12 +110,16 @@ def layernorm_fwd_kernel(
 
 @triton.jit
 def layernorm_bwd_kernel(
-    dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, db_partial_ptr,
+    dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, partial_ptr,
     dy_row_stride, x_row_stride, dx_row_stride, n_rows, n_cols, inv_n, rows_per_program,
     HAS_BIAS: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
-    """Program p: dx for its block of rows, and their partial dweight (and dbias) -> row p of the buffers."""
+    """Program p: dx for its block of rows, and their partial dweight (and dbias) -> row p of the buffers.
+
+    ``partial`` is (1 or 2, num_programs, N) float32: dweight's rows, then dbias's."""
     pid = tl.program_id(0).to(tl.int64)
+    dw_partial_ptr = partial_ptr
+    db_partial_ptr = partial_ptr + tl.num_programs(0) * n_cols
     cols = tl.arange(0, BLOCK_SIZE)
     mask = cols < n_cols
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
@@ -160,9 +172,9 @@ def layernorm_forward(
     if M == 0 or N == 0:  # rows of no elements: mean 0, rstd as for a variance of 0
         return y, mean.zero_(), rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
-    w = weight.contiguous()
+    w = contiguous_1d(weight)
     layernorm_fwd_kernel[(M,)](
-        x, w, bias.contiguous() if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, 1.0 / N, eps,
+        x, w, contiguous_1d(bias) if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, 1.0 / N, eps,
         HAS_BIAS=bias is not None, BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
     return y, mean, rstd
@@ -190,15 +202,19 @@ def layernorm_backward(
     # partial sums: [0] dweight, [1] dbias, one row per program; one .sum() reduces both
     partial = torch.empty((2 if has_bias else 1, programs, N), dtype=torch.float32, device=x.device)
     layernorm_bwd_kernel[(programs,)](
-        dy, x, weight.contiguous(), mean, rstd, dx, partial[0], partial[-1],
+        dy, x, contiguous_1d(weight), mean, rstd, dx, partial,
         dy.stride(0), x.stride(0), dx.stride(0), M, N, 1.0 / N, rows_per_program,
         HAS_BIAS=has_bias, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, x.element_size()),
         num_warps=num_warps,
     )  # fmt: skip
     sums = partial.sum(dim=1)  # (2 or 1, N) float32
-    dw = sums[0].to(weight.dtype)
-    db = sums[1].to(bias.dtype) if has_bias else None
+    if not has_bias:
+        return dx, sums[0].to(weight.dtype), None
+    if bias.dtype != weight.dtype:
+        return dx, sums[0].to(weight.dtype), sums[1].to(bias.dtype)
+    dw, db = sums.to(weight.dtype).unbind(0)  # one cast for both
     return dx, dw, db
+
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -207,14 +223,14 @@ class LayerNormFunction(torch.autograd.Function):
         x2 = as_rows(x)  # (M, N)
         y, mean, rstd = layernorm_forward(x2, weight, bias, eps)
         ctx.save_for_backward(x2, weight, bias, mean, rstd)
-        return y.view(x.shape)
+        return y if x.dim() == 2 else y.view(x.shape)
 
     @staticmethod
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dy):
         x2, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dw, db = layernorm_backward(as_rows(dy), x2, weight, bias, mean, rstd)
-        return dx.view(dy.shape), dw, db, None
+        return dx if dy.dim() == 2 else dx.view(dy.shape), dw, db, None
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
