@@ -306,7 +306,8 @@ def chart(rows: list[TrainRow], path: Path, peak_tflops: float | None) -> Path:
     ax.set_xticklabels([f"{m}\nbatch {b}" for m, b in groups])
     ax.set_ylabel("thousand tokens/s (wall)")
     ax.set_title("training step: forward, backward, AdamW (MFU on the bars)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no bars when every path failed
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
