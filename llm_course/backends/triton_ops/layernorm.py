@@ -216,7 +216,6 @@ def layernorm_backward(
     return dx, dw, db
 
 
-
 class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):

@@ -139,7 +139,6 @@ def rmsnorm_backward(
     return dx, dw_partial.sum(dim=0).to(weight.dtype)
 
 
-
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
