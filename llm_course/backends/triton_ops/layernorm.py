@@ -222,14 +222,14 @@ class LayerNormFunction(torch.autograd.Function):
         x2 = as_rows(x)  # (M, N)
         y, mean, rstd = layernorm_forward(x2, weight, bias, eps)
         ctx.save_for_backward(x2, weight, bias, mean, rstd)
-        return y if x.dim() == 2 else y.view(x.shape)
+        return y.view(x.shape)
 
     @staticmethod
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dy):
         x2, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dw, db = layernorm_backward(as_rows(dy), x2, weight, bias, mean, rstd)
-        return dx if dy.dim() == 2 else dx.view(dy.shape), dw, db, None
+        return dx.view(dy.shape), dw, db, None
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:

@@ -145,14 +145,14 @@ class RMSNormFunction(torch.autograd.Function):
         x2 = as_rows(x)  # (M, N)
         y, rstd = rmsnorm_forward(x2, weight, eps)
         ctx.save_for_backward(x2, weight, rstd)
-        return y if x.dim() == 2 else y.view(x.shape)
+        return y.view(x.shape)
 
     @staticmethod
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dy):
         x2, weight, rstd = ctx.saved_tensors
         dx, dw = rmsnorm_backward(as_rows(dy), x2, weight, rstd)
-        return dx if dy.dim() == 2 else dx.view(dy.shape), dw, None
+        return dx.view(dy.shape), dw, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
