@@ -60,6 +60,22 @@ def test_a_failing_measurement_is_recorded_not_raised():
     assert fast.vs_torch == 4.0 and good.vs_torch == 1.0 and math.isnan(row.vs_torch)
 
 
+def test_wall_time_runs_the_backward_on_the_calling_thread(monkeypatch):
+    """The wall time per call is what the course's trainer pays: autograd without its worker thread."""
+    from llm_course.bench import common
+    from llm_course.measure.timer import Timing
+
+    monkeypatch.setattr(common, "is_gpu", lambda device: True)  # the wall time is measured on a GPU only
+    monkeypatch.setattr(common, "benchmark", lambda fn, **kw: Timing(1.0, 1.0, 1.0))
+    monkeypatch.setattr(common, "device_synchronize", lambda device: None)
+    seen = []
+    row = BenchRow(op="add", impl="triton", dtype="fp32", size="8", x=8, metric="GB/s", flops=0.0, bytes=96.0)
+    measure(row, lambda: None, warmup=0, reps=2, device=torch.device("cpu"),
+            wall_fn=lambda: seen.append(torch._C._is_multithreading_enabled()))  # fmt: skip
+    assert seen and not any(seen) and math.isfinite(row.wall_ms)
+    assert torch._C._is_multithreading_enabled()
+
+
 def test_unknown_op_is_refused(capsys):
     assert kernels.main(["--ops", "nope"]) == 2
     assert "unknown ops: nope" in capsys.readouterr().out

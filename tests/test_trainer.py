@@ -103,6 +103,22 @@ def test_training_lowers_the_loss_and_logs(tmp_path):
     assert lines[0].startswith("step,loss,lr,grad_norm") and len(lines) == 1 + 12 + 2  # steps + 2 evals
 
 
+def test_backward_runs_on_the_calling_thread(tmp_path):
+    """The trainer switches autograd's device worker threads off for its steps (a thread hand-off per
+    backward that one GPU per process does not need) and leaves the setting as it found it."""
+    seen = []
+
+    def loss_fn(model, x, y):
+        logits = model(x)
+        seen.append(torch._C._is_multithreading_enabled())
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+
+    assert torch._C._is_multithreading_enabled()
+    run(tmp_path, max_steps=2, loss_fn=loss_fn)
+    assert len(seen) >= 2 and not any(seen)  # both steps (and the final evaluation)
+    assert torch._C._is_multithreading_enabled()
+
+
 def test_unigram_baseline_is_a_smoothed_frequency_model():
     counts, targets = torch.tensor([3, 1, 0]), torch.tensor([0, 1, 2, 0])  # add-one: p = 4/7, 2/7, 1/7
     expected = -(2 * math.log(4 / 7) + math.log(2 / 7) + math.log(1 / 7)) / 4
