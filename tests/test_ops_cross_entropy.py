@@ -90,7 +90,10 @@ def test_extreme_logits_stay_finite(rng, backend):
     ref, dref = _reference(logits, targets)
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(x.grad.double(), dref, rtol=1e-5, atol=1e-6)
+    # Both backends keep lse = max + log(sum) in float32 and differentiate as exp(x - lse). At logits
+    # of 1e4 its rounding (half an ulp of 1e4: 4.9e-4) moves every probability by up to 0.05% of
+    # itself, so this gradient (p / 4) by up to about 1.2e-4 when two logits nearly tie (a rare draw).
+    torch.testing.assert_close(x.grad.double(), dref, rtol=1e-5, atol=2e-4)
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
