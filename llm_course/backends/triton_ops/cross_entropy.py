@@ -47,7 +47,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
-from llm_course.backends.triton_ops.launch import num_warps_for  # noqa: E402
+from llm_course.backends.triton_ops.launch import last_dim_contiguous, num_warps_for  # noqa: E402
 
 OP = "cross_entropy"
 MAX_BLOCK_SIZE = 4096  # logits of a row handled at once (the row is walked in blocks of this many)
@@ -195,7 +195,7 @@ def cross_entropy_backward(
 ) -> torch.Tensor:
     """d loss / d logits (N, V) in the logits' dtype, from the saved lse (N,) and a one-element scale tensor."""
     _check(logits, targets)
-    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+    logits = last_dim_contiguous(logits)
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     N, V = logits.shape
     if N == 0:

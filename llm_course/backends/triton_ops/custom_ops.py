@@ -337,16 +337,18 @@ def add_norm(x: Tensor, h: Tensor, weight: Tensor, bias: Optional[Tensor], eps: 
 
 @torch.library.custom_op(f"{NS}::apply_rope", mutates_args=())
 def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor, backward: bool) -> Tensor:
+    from llm_course.backends.triton_ops.launch import last_dim_contiguous
     from llm_course.backends.triton_ops.rope import rope_launch
 
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    return rope_launch(x, cos, sin, backward=backward)[0]
+    return rope_launch(last_dim_contiguous(x), cos, sin, backward=backward)[0]
 
 
 @_apply_rope.register_fake
 def _(x, cos, sin, backward):
+    from llm_course.backends.triton_ops.launch import last_dim_contiguous
+
     # the one output that is not contiguous: the kernel writes it in x's layout (empty_like), as here
-    return torch.empty_like(x if x.stride(-1) == 1 else x.contiguous())
+    return torch.empty_like(last_dim_contiguous(x))
 
 
 _apply_rope.register_autograd(
@@ -408,8 +410,10 @@ def _flash_setup(ctx, inputs, output):
 
 
 def _flash_grad(ctx, do, _dlse):
+    from llm_course.backends.triton_ops.launch import last_dim_contiguous
+
     q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
-    do = do if do.stride(-1) == 1 else do.contiguous()
+    do = last_dim_contiguous(do)
     dq, dk, dv = _flash_attention_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale, ctx.window, key_padding_mask)
     return dq, dk, dv, None, None, None, None
 

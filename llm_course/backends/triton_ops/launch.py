@@ -13,6 +13,10 @@ programs as the GPU runs at once, each looping over a block of rows:
     programs, rows_per_program = backward_programs(M, num_warps, x.device)
     stages = backward_stages(block, x.element_size())
 
+A vector or a gradient that a kernel reads with a last-dim stride of 1, copied only if needed:
+
+    w = last_dim_contiguous(weight)
+
 Settings that ask the device (its number of SMs) are cached: they cost nothing
 after the first call.
 """
@@ -51,17 +55,16 @@ def block_config(op: str, n_cols: int, max_size: int) -> tuple[int, int]:
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) with a last-dim stride of 1, without a copy when the layout allows."""
-    rows = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
+    return last_dim_contiguous(t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t)
 
 
-def contiguous_1d(t: torch.Tensor) -> torch.Tensor:
-    """A 1-D parameter (a norm's weight or bias) with stride 1, as a kernel reads it.
+def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with a last-dim stride of 1, as the kernels read rows and vectors: copied only if needed.
 
     Asking the stride is a Python attribute; ``.contiguous()`` is a PyTorch call, which costs
     the host microseconds even when it returns its input, at every layer of every step.
     """
-    return t if t.stride(0) == 1 else t.contiguous()
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 _SM_COUNTS: dict[int, int] = {}

@@ -48,7 +48,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
-    as_rows, backward_programs, backward_stages, block_config, contiguous_1d,
+    as_rows, backward_programs, backward_stages, block_config, last_dim_contiguous,
 )
 
 OP = "layer_norm"
@@ -172,9 +172,9 @@ def layernorm_forward(
     if M == 0 or N == 0:  # rows of no elements: mean 0, rstd as for a variance of 0
         return y, mean.zero_(), rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
-    w = contiguous_1d(weight)
+    w = last_dim_contiguous(weight)
     layernorm_fwd_kernel[(M,)](
-        x, w, contiguous_1d(bias) if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, 1.0 / N, eps,
+        x, w, last_dim_contiguous(bias) if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, 1.0 / N, eps,
         HAS_BIAS=bias is not None, BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
     return y, mean, rstd
@@ -202,18 +202,16 @@ def layernorm_backward(
     # partial sums: [0] dweight, [1] dbias, one row per program; one .sum() reduces both
     partial = torch.empty((2 if has_bias else 1, programs, N), dtype=torch.float32, device=x.device)
     layernorm_bwd_kernel[(programs,)](
-        dy, x, contiguous_1d(weight), mean, rstd, dx, partial,
+        dy, x, last_dim_contiguous(weight), mean, rstd, dx, partial,
         dy.stride(0), x.stride(0), dx.stride(0), M, N, 1.0 / N, rows_per_program,
         HAS_BIAS=has_bias, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, x.element_size()),
         num_warps=num_warps,
     )  # fmt: skip
     sums = partial.sum(dim=1)  # (2 or 1, N) float32
-    if not has_bias:
-        return dx, sums[0].to(weight.dtype), None
-    if bias.dtype != weight.dtype:
-        return dx, sums[0].to(weight.dtype), sums[1].to(bias.dtype)
-    dw, db = sums.to(weight.dtype).unbind(0)  # one cast for both
-    return dx, dw, db
+    if has_bias and bias.dtype == weight.dtype:
+        dw, db = sums.to(weight.dtype).unbind(0)  # one cast for both
+        return dx, dw, db
+    return dx, sums[0].to(weight.dtype), sums[1].to(bias.dtype) if has_bias else None
 
 
 class LayerNormFunction(torch.autograd.Function):

@@ -32,6 +32,7 @@ from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch
 from llm_course.backends.triton_ops.flash_attention import flash_attention_forward  # noqa: E402
 from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward  # noqa: E402
 from llm_course.backends.triton_ops.flash_common import check_attention_inputs  # noqa: E402
+from llm_course.backends.triton_ops.launch import last_dim_contiguous  # noqa: E402
 
 OP = "qkv_attention"
 
@@ -48,7 +49,7 @@ def qkv_attention_backward(qkv, y, lse, dy, num_heads: int, causal: bool, key_pa
     """dqkv (B, T, 3C): dq, dk, dv written by the kernels into its three parts. dy, y (B, T, C)."""
     B, T, C3 = qkv.shape
     H, D = num_heads, C3 // (3 * num_heads)
-    dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+    dy = last_dim_contiguous(dy)
     dqkv = torch.empty((B, T, C3), device=qkv.device, dtype=qkv.dtype)
     heads = lambda t: t.view(B, T, H, D).transpose(1, 2)  # noqa: E731  (B, T, C) -> (B, H, T, D) view
     flash_attention_backward(*split_qkv(qkv, H), heads(y), lse, heads(dy), causal=causal,

@@ -38,7 +38,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
-    as_rows, backward_programs, backward_stages, block_config, contiguous_1d,
+    as_rows, backward_programs, backward_stages, block_config, last_dim_contiguous,
 )
 
 OP = "rms_norm"
@@ -110,7 +110,7 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
         return y, rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
     rmsnorm_fwd_kernel[(M,)](
-        x, contiguous_1d(weight), y, rstd, x.stride(0), y.stride(0), N, eps,
+        x, last_dim_contiguous(weight), y, rstd, x.stride(0), y.stride(0), N, eps,
         BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
     return y, rstd
@@ -131,7 +131,7 @@ def rmsnorm_backward(
     programs, rows_per_program = backward_programs(M, num_warps, x.device)
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
     rmsnorm_bwd_kernel[(programs,)](
-        dy, x, contiguous_1d(weight), rstd, dx, dw_partial,
+        dy, x, last_dim_contiguous(weight), rstd, dx, dw_partial,
         dy.stride(0), x.stride(0), dx.stride(0),
         M, N, rows_per_program, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, x.element_size()),
         num_warps=num_warps,

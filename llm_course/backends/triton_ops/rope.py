@@ -51,6 +51,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.torch_ops.rope import check_rope_inputs  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
+from llm_course.backends.triton_ops.launch import last_dim_contiguous  # noqa: E402
 
 OP = "apply_rope"
 MAX_TILE = 4096  # elements of x per program (both halves): enough bytes in flight per program
@@ -187,10 +188,6 @@ def rope_launch(
     return out, out_y
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 class RopeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
@@ -201,7 +198,7 @@ class RopeFunction(torch.autograd.Function):
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dout):
         cos, sin = ctx.saved_tensors
-        dx = rope_launch(_last_dim_contiguous(dout), cos, sin, backward=True)[0]
+        dx = rope_launch(last_dim_contiguous(dout), cos, sin, backward=True)[0]
         return dx, None, None
 
 
@@ -215,8 +212,8 @@ class RopeQKFunction(torch.autograd.Function):
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dq_out, dk_out):
         cos, sin = ctx.saved_tensors
-        dq_out = _last_dim_contiguous(dq_out) if dq_out is not None else None
-        dk_out = _last_dim_contiguous(dk_out) if dk_out is not None else None
+        dq_out = last_dim_contiguous(dq_out) if dq_out is not None else None
+        dk_out = last_dim_contiguous(dk_out) if dk_out is not None else None
         if dq_out is None or dk_out is None:  # only one of them was used: rotate that one
             dq = rope_launch(dq_out, cos, sin, backward=True)[0] if dq_out is not None else None
             dk = rope_launch(dk_out, cos, sin, backward=True)[0] if dk_out is not None else None
