@@ -53,9 +53,14 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+_HAS_GPU: list[bool] = []  # asked once: every kernel launch asks, and the answer does not change
+
+
 def has_gpu() -> bool:
     """True when Triton kernels can be compiled for a GPU here."""
-    return torch.cuda.is_available()
+    if not _HAS_GPU:
+        _HAS_GPU.append(torch.cuda.is_available())
+    return _HAS_GPU[0]
 
 
 def is_gpu(device: torch.device | str | None) -> bool:

@@ -82,11 +82,12 @@ from llm_course.device import autotune_configs  # noqa: E402
 def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
                 start, stop, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
                 BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr):
+                HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, GUARD: tl.constexpr):
     """The online-softmax update over the key blocks [start, stop).
 
     q (BLOCK_M, D); acc (BLOCK_M, D), l_i and m_i (BLOCK_M,) in float32. m_i is in
     base 2: the running max of ``q . k * qk_scale`` with ``qk_scale = scale * log2(e)``.
+    GUARD: keep non-finite values out of the rows that cannot see them (the slow path).
     """
     off = S - T
     k_ptrs += start * stride_ks
@@ -129,20 +130,45 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
         else:
             v = tl.load(v_ptrs)
         acc = acc * alpha[:, None]
-        if MASKED and (CAUSAL or HAS_WINDOW):
+        if GUARD and MASKED and (CAUSAL or HAS_WINDOW):
             # Some rows see a key that others cannot (causal diagonal, window edge). A NaN or
             # inf in its value would reach those others through the dot (0 * NaN = NaN), so the
             # dot gets finite values only, and the rows that do see a non-finite value get NaN.
             v_ok = tl.abs(v) < float("inf")  # (BLOCK_N, D), in v's dtype: False for NaN and +-inf
-            if tl.min(v_ok.to(tl.int32)) == 0:  # rare: only then the per-row work
-                v_bad = tl.max(tl.where(v_ok, 0, 1), 1)  # (BLOCK_N,): 1 for a key with a non-finite value
-                sees_bad = tl.max(tl.where(keep & (v_bad[None, :] > 0), 1, 0), 1)  # (BLOCK_M,)
-                acc = tl.where(sees_bad[:, None] > 0, float("nan"), acc)
-                v = tl.where(v_ok, v, 0.0).to(v.dtype)
+            v_bad = tl.max(tl.where(v_ok, 0, 1), 1)  # (BLOCK_N,): 1 for a key with a non-finite value
+            sees_bad = tl.max(tl.where(keep & (v_bad[None, :] > 0), 1, 0), 1)  # (BLOCK_M,)
+            acc = tl.where(sees_bad[:, None] > 0, float("nan"), acc)
+            v = tl.where(v_ok, v, 0.0).to(v.dtype)
         acc = tl.dot(p.to(v.dtype), v, acc)  # P in the input dtype, accumulated in fp32
         m_i = m_new
         k_ptrs += BLOCK_N * stride_ks
         v_ptrs += BLOCK_N * stride_vs
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_rows(q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n, lo, mid_lo, mid_hi, hi,
+              stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, GUARD: tl.constexpr):
+    """All the key blocks of one block of query rows, in three stages. Returns (acc, l_i, m_i)."""
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    if HAS_WINDOW:  # stage 1: blocks cut by the window's lower edge
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                    lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                    BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
+    # stage 2: blocks every row sees entirely -- no mask, the fast path
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                mid_lo, mid_hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
+    # stage 3: the causal diagonal and the ragged end of the keys
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                mid_hi, hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
+
     return acc, l_i, m_i
 
 
@@ -206,23 +232,22 @@ def _flash_fwd_kernel(
     row_ok = offs_m < T
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # stays in registers for the whole loop
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-
     lo, mid_lo, mid_hi, hi = key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
-    if HAS_WINDOW:  # stage 1: blocks cut by the window's lower edge
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                    lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                    BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD)  # fmt: skip
-    # stage 2: blocks every row sees entirely -- no mask, the fast path
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                mid_lo, mid_hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_PAD)  # fmt: skip
-    # stage 3: the causal diagonal and the ragged end of the keys
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                mid_hi, hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD)  # fmt: skip
+    acc, l_i, m_i = _fwd_rows(q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n, lo, mid_lo, mid_hi, hi,
+                              stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                              BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_PAD, False)  # fmt: skip
+    if CAUSAL or HAS_WINDOW:
+        # On the causal diagonal (and the window's edge) the rows of a block see different
+        # keys, and the dot P @ V mixes them all: p = 0 times a NaN or inf in the value of a
+        # key a row cannot see is NaN all the same. Guarding every such block costs the whole
+        # kernel about a tenth of its speed (registers), so the fast path above has no guard;
+        # a NaN row here is then either real (its row saw a non-finite value) or leaked. Rare:
+        # only then are these rows computed again, with the guard.
+        row_nan = tl.max((acc != acc).to(tl.int32), 1)  # (BLOCK_M,) 1 where a row holds NaN
+        if tl.max(row_nan) > 0:
+            acc, l_i, m_i = _fwd_rows(q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n, lo, mid_lo, mid_hi, hi,
+                                      stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                      BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_PAD, True)  # fmt: skip
 
     # epilogue: O = acc / l; a row that saw no key has l = 0: output 0, lse = -inf
     seen = l_i > 0.0

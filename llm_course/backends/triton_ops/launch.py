@@ -18,17 +18,26 @@ A vector or a gradient that a kernel reads with a last-dim stride of 1, copied o
     w = last_dim_contiguous(weight)
 
 Settings that ask the device (its number of SMs) are cached: they cost nothing
-after the first call.
+after the first call. The host-side arithmetic is plain Python (``cdiv``,
+``next_power_of_2`` below): Triton's helpers of the same names are made to be
+called inside kernels too, and cost microseconds each when called from the host.
 """
 
 from __future__ import annotations
 
-from llm_course.device import configure_triton, is_gpu, is_interpreter
+import torch
 
-configure_triton()
+from llm_course.device import is_gpu, is_interpreter
 
-import torch  # noqa: E402
-import triton  # noqa: E402
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for positive ints: how many blocks of b cover a."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 def num_warps_for(block_size: int) -> int:
@@ -47,7 +56,7 @@ def block_config(op: str, n_cols: int, max_size: int) -> tuple[int, int]:
     two; a mask switches off the extra lanes). Rows longer than ``max_size`` do not
     fit in registers: a clear error naming ``op``.
     """
-    block = triton.next_power_of_2(n_cols)
+    block = next_power_of_2(n_cols)
     if block > max_size:
         raise ValueError(f"{op}: rows of {n_cols} elements are too long (at most {max_size})")
     return block, num_warps_for(block)
@@ -93,8 +102,8 @@ def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> tupl
     else:
         index = device.index if device.index is not None else torch.cuda.current_device()
         most = sm_count(index) * max(1, 16 // num_warps)
-    rows_per_program = max(1, triton.cdiv(n_rows, max(1, min(n_rows, most))))
-    return triton.cdiv(n_rows, rows_per_program), rows_per_program
+    rows_per_program = max(1, cdiv(n_rows, max(1, min(n_rows, most))))
+    return cdiv(n_rows, rows_per_program), rows_per_program
 
 
 def backward_stages(block_size: int, element_size: int) -> int:

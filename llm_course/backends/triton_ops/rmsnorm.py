@@ -119,10 +119,10 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
 def rmsnorm_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dy, x (M, N); weight (N,); rstd (M,) from the forward -> dx (M, N) in x's dtype, dweight (N,) in weight's."""
-    check_tensor(OP, "dy", dy)
-    if dy.shape != x.shape:
-        raise ValueError(f"{OP}: dy has shape {tuple(dy.shape)}, expected {tuple(x.shape)}")
+    """dy, x (M, N); weight (N,); rstd (M,) from the forward -> dx (M, N) in x's dtype, dweight (N,) in weight's.
+
+    dy comes from autograd, which gives it y's shape, dtype and device: it is not checked again.
+    """
     M, N = x.shape
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
