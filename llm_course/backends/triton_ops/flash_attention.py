@@ -73,7 +73,7 @@ from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
     key_range,
     seq_bucket,
 )
-from llm_course.device import autotune_configs  # noqa: E402
+from llm_course.device import autotune_configs, is_interpreter  # noqa: E402
 
 # --- 1. the kernel -----------------------------------------------------------------------
 
@@ -172,6 +172,8 @@ def _fwd_rows(q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n, lo, mid_lo, mid_hi, h
     return acc, l_i, m_i
 
 
+REPAIR_BLOCK, REPAIR_BLOCK_INTERPRETER = 64, 16  # the second launch's blocks: rarely any work, never tuned
+
 _FWD_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -200,10 +202,21 @@ def _flash_fwd_kernel(
     GROUP: tl.constexpr,  # query heads per kv head (Hq // Hkv)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
+    REPAIR: tl.constexpr,  # the second launch: redo, with the guard, the row blocks the first one marked
 ):  # fmt: skip
     """One program: query rows [m0, m0 + BLOCK_M) of one (batch, query head).
 
     Writes O (B, Hq, T, D) and LSE (B, Hq, T) in float32 (natural log).
+
+    NaN from keys a row cannot see. On the causal diagonal (and the window's edge) the
+    rows of a block see different keys, and the dot P @ V mixes them all: p = 0 times a
+    NaN or inf in the value of a key a row cannot see is NaN all the same. Guarding every
+    such block (``GUARD`` in ``_fwd_blocks``) costs the whole kernel 10-15% of its speed,
+    though only a few blocks need it: the compiler gives every block the registers of the
+    guarded one. So the first launch has no guard; it marks a row whose output holds NaN
+    (lse = NaN), and a second, cheap launch (``REPAIR``) computes again, with the guard,
+    only the row blocks that hold a mark. Such a row either saw a non-finite value itself
+    (it stays NaN) or caught one from a key it cannot see (it comes out right).
     """
     # the longest causal rows come last in a head: start with them so that no
     # long program is left running alone at the end
@@ -230,34 +243,30 @@ def _flash_fwd_kernel(
     pad_ptrs = PAD + b.to(tl.int64) * stride_pb  # (S,) row of the padding mask (unused without one)
 
     row_ok = offs_m < T
+    lse_ptrs = LSE + pid_bh.to(tl.int64) * T + offs_m  # (BLOCK_M,)
+    if REPAIR:  # nothing to do unless the first launch marked a row of this block
+        marked = tl.load(lse_ptrs, mask=row_ok, other=0.0)
+        if tl.max((marked != marked).to(tl.int32)) == 0:
+            return
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # stays in registers for the whole loop
 
     lo, mid_lo, mid_hi, hi = key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
     acc, l_i, m_i = _fwd_rows(q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n, lo, mid_lo, mid_hi, hi,
                               stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                              BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_PAD, False)  # fmt: skip
-    if CAUSAL or HAS_WINDOW:
-        # On the causal diagonal (and the window's edge) the rows of a block see different
-        # keys, and the dot P @ V mixes them all: p = 0 times a NaN or inf in the value of a
-        # key a row cannot see is NaN all the same. Guarding every such block costs the whole
-        # kernel about a tenth of its speed (registers), so the fast path above has no guard;
-        # a NaN row here is then either real (its row saw a non-finite value) or leaked. Rare:
-        # only then are these rows computed again, with the guard.
-        row_nan = tl.max((acc != acc).to(tl.int32), 1)  # (BLOCK_M,) 1 where a row holds NaN
-        if tl.max(row_nan) > 0:
-            acc, l_i, m_i = _fwd_rows(q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n, lo, mid_lo, mid_hi, hi,
-                                      stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                      BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_PAD, True)  # fmt: skip
+                              BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_PAD, REPAIR)  # fmt: skip
 
     # epilogue: O = acc / l; a row that saw no key has l = 0: output 0, lse = -inf
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
     o = acc / l_safe[:, None]
     lse = tl.where(seen, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # base 2 -> natural log
+    if (CAUSAL or HAS_WINDOW) and not REPAIR:  # mark a row holding NaN for the second launch
+        row_sum = tl.sum(acc, 1)  # (BLOCK_M,) NaN if any of the row is
+        lse = tl.where(row_sum == row_sum, lse, float("nan"))
 
     o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
     tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, lse, mask=row_ok)
+    tl.store(lse_ptrs, lse, mask=row_ok)
 
 
 # --- 2. the launcher -----------------------------------------------------------------------
@@ -282,14 +291,20 @@ def flash_attention_forward(q, k, v, *, causal=True, scale=None, window=None, ke
     def grid(meta):
         return (triton.cdiv(T, meta["BLOCK_M"]), B * Hq)
 
-    _flash_fwd_kernel[grid](
+    args = (
         q, k, v, o, lse, pad,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *pad_strides,
         Hq, T, S, scale * LOG2E, window or 0,
         seq_bucket(T), seq_bucket(S),
-        GROUP=Hq // Hkv, HEAD_DIM=D,
-        CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_PAD=key_padding_mask is not None,
     )  # fmt: skip
+    flags = dict(GROUP=Hq // Hkv, HEAD_DIM=D, CAUSAL=bool(causal), HAS_WINDOW=window is not None,
+                 HAS_PAD=key_padding_mask is not None)  # fmt: skip
+    _flash_fwd_kernel[grid](*args, **flags, REPAIR=False)
+    if causal or window is not None:  # rows marked NaN, computed again with the guard (see the kernel)
+        block = REPAIR_BLOCK_INTERPRETER if is_interpreter() else REPAIR_BLOCK
+        _flash_fwd_kernel.fn[(triton.cdiv(T, block), B * Hq)](
+            *args, **flags, REPAIR=True, BLOCK_M=block, BLOCK_N=block, num_warps=4, num_stages=1
+        )  # fmt: skip
     return o, lse
 
 
