@@ -31,6 +31,8 @@ What makes it fast (Triton's fused-attention tutorial does the same):
   at the ragged end of the keys run the masked loop;
 * key blocks that are masked out entirely (above the causal diagonal, before
   the window) are never visited: causal attention does half the work;
+* the guard that keeps a NaN in a hidden key's value out of the other rows of its
+  block runs only where a row came out NaN, in a second launch (see the kernel);
 * grouped-query attention reads the shared K/V head directly: query head h uses
   kv head ``h // (Hq // Hkv)``, nothing is repeated or copied;
 * the running max is taken over the raw scores q . k (the scale is positive), so
@@ -211,9 +213,10 @@ def _flash_fwd_kernel(
     NaN from keys a row cannot see. On the causal diagonal (and the window's edge) the
     rows of a block see different keys, and the dot P @ V mixes them all: p = 0 times a
     NaN or inf in the value of a key a row cannot see is NaN all the same. Guarding every
-    such block (``GUARD`` in ``_fwd_blocks``) costs the whole kernel 10-15% of its speed,
-    though only a few blocks need it: the compiler gives every block the registers of the
-    guarded one. So the first launch has no guard; it marks a row whose output holds NaN
+    such block (``GUARD`` in ``_fwd_blocks``) cost the whole causal kernel 10-15% of its
+    speed on an H200, though only a few blocks need it (at T = 16k, one in 60): code the
+    compiler must fit anywhere in a kernel shapes all of it. So the first launch has no
+    guard; it marks a row whose output holds NaN
     (lse = NaN), and a second, cheap launch (``REPAIR``) computes again, with the guard,
     only the row blocks that hold a mark. Such a row either saw a non-finite value itself
     (it stays NaN) or caught one from a key it cannot see (it comes out right).
