@@ -53,7 +53,9 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-_HAS_GPU: list[bool] = []  # asked once: every kernel launch asks, and the answer does not change
+# asked once: every kernel launch asks, and the answer does not change (a plain list, not
+# functools.cache: torch.compile traces the input checks that ask, and cannot trace a cache wrapper)
+_HAS_GPU: list[bool] = []
 
 
 def has_gpu() -> bool:

@@ -43,6 +43,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
+from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
 
 BLOCK_SIZE = 1024  # elements per program: 4 warps x 32 threads x 8 elements
 NUM_WARPS = 4
@@ -110,7 +111,7 @@ def silu_mul_bwd_kernel(dy_ptr, gate_ptr, up_ptr, dgate_ptr, dup_ptr, n, BLOCK_S
 
 
 def _grid(n: int) -> tuple[int]:
-    return (triton.cdiv(n, BLOCK_SIZE),)
+    return (cdiv(n, BLOCK_SIZE),)
 
 
 def gelu_tanh_forward(x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
+from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
 
 OP = "add"
 BLOCK_SIZE = 1024  # elements per program: 4 warps x 32 threads x 8 elements
@@ -75,7 +76,7 @@ def add_forward(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = Non
     n = x.numel()
     if n == 0:
         return out
-    grid = (triton.cdiv(n, BLOCK_SIZE),)
+    grid = (cdiv(n, BLOCK_SIZE),)
     add_kernel[grid](x, y, out, n, BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS)
     return out
 

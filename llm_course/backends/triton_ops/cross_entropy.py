@@ -47,7 +47,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
-from llm_course.backends.triton_ops.launch import last_dim_contiguous, num_warps_for  # noqa: E402
+from llm_course.backends.triton_ops.launch import last_dim_contiguous, next_power_of_2, num_warps_for  # noqa: E402
 
 OP = "cross_entropy"
 MAX_BLOCK_SIZE = 4096  # logits of a row handled at once (the row is walked in blocks of this many)
@@ -137,7 +137,7 @@ def cross_entropy_bwd_kernel(
 
 
 def _block(n_cols: int, block_size: int | None) -> tuple[int, int]:
-    block = min(triton.next_power_of_2(max(n_cols, 1)), block_size or MAX_BLOCK_SIZE)
+    block = min(next_power_of_2(max(n_cols, 1)), block_size or MAX_BLOCK_SIZE)
     return block, num_warps_for(block)
 
 

@@ -66,7 +66,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
-from llm_course.backends.triton_ops.launch import sm_count  # noqa: E402
+from llm_course.backends.triton_ops.launch import next_power_of_2, sm_count  # noqa: E402
 from llm_course.device import autotune_configs  # noqa: E402
 
 OP = "decode_attention"
@@ -247,7 +247,7 @@ def split_plan(B: int, Hkv: int, S: int, device: torch.device, D: int = 128) -> 
         target, min_split, align = 8, 32, 16
     else:
         index = device.index if device.index is not None else torch.cuda.current_device()
-        per_sm = max(1, PROGRAMS_PER_SM_D128 * 128 // max(16, triton.next_power_of_2(D)))
+        per_sm = max(1, PROGRAMS_PER_SM_D128 * 128 // max(16, next_power_of_2(D)))
         target, min_split, align = per_sm * sm_count(index), MIN_SPLIT, 64
     splits = max(1, min(MAX_SPLITS, round(target / max(1, B * Hkv))))  # target / programs per split, rounded
     split_size = max(min_split, -(-S // splits))
@@ -290,7 +290,7 @@ def decode_attention_forward(q, k_cache, v_cache, cache_seqlens, *, scale=None, 
         split_size = -(-S // num_splits)
         num_splits = -(-S // split_size)
     single = num_splits == 1
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = max(16, next_power_of_2(D))
     pad = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else cache_seqlens  # a dummy pointer
     pad_strides = pad.stride() if key_padding_mask is not None else (0, 0)
     if single:
@@ -304,12 +304,12 @@ def decode_attention_forward(q, k_cache, v_cache, cache_seqlens, *, scale=None, 
         q, k_cache, v_cache, cache_seqlens, pad, o, m, l, acc,
         q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(), *pad_strides, *o_strides,
         Hkv, S, D, split_size, num_splits, scale * LOG2E, window or 0,
-        triton.next_power_of_2(split_size),
-        GROUP=G, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_D=block_d, EVEN_D=block_d == D,
+        next_power_of_2(split_size),
+        GROUP=G, BLOCK_G=max(16, next_power_of_2(G)), BLOCK_D=block_d, EVEN_D=block_d == D,
         HAS_WINDOW=window is not None, HAS_PAD=key_padding_mask is not None, SINGLE=single,
     )  # fmt: skip
     if not single:
-        block_s = triton.next_power_of_2(num_splits)
+        block_s = next_power_of_2(num_splits)
         # splits merged per iteration: 4096 numbers of acc in registers (4 in the interpreter, so that
         # the tests' short caches still take several iterations)
         chunk = 4 if is_interpreter() else max(2, min(block_s, 4096 // block_d))

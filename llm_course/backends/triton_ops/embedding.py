@@ -35,6 +35,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.torch_ops.embedding import check_ids  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
+from llm_course.backends.triton_ops.launch import cdiv, next_power_of_2  # noqa: E402
 
 OP = "embedding"
 NUM_WARPS = 4
@@ -42,7 +43,7 @@ NUM_WARPS = 4
 
 def block_c(n_cols: int) -> int:
     """Columns per program: the row in one block up to 1024, else blocks of 1024."""
-    return min(triton.next_power_of_2(n_cols), 1024)
+    return min(next_power_of_2(n_cols), 1024)
 
 
 # --- kernels -----------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def embedding_forward(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     out = torch.empty((T, C), dtype=weight.dtype, device=weight.device)
     if T and C:
         BLOCK_C = block_c(C)
-        grid = (T, triton.cdiv(C, BLOCK_C))
+        grid = (T, cdiv(C, BLOCK_C))
         embedding_fwd_kernel[grid](ids, weight, out, C, weight.stride(0), BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
     return out
 
@@ -91,7 +92,7 @@ def embedding_backward(dout: torch.Tensor, ids: torch.Tensor, num_rows: int) -> 
     if T and C:
         dout = dout.contiguous()
         BLOCK_C = block_c(C)
-        grid = (T, triton.cdiv(C, BLOCK_C))
+        grid = (T, cdiv(C, BLOCK_C))
         embedding_bwd_kernel[grid](ids, dout, dw, C, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
     return dw
 

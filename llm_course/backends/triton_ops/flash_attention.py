@@ -75,6 +75,7 @@ from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
     key_range,
     seq_bucket,
 )
+from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
 from llm_course.device import autotune_configs, is_interpreter  # noqa: E402
 
 # --- 1. the kernel -----------------------------------------------------------------------
@@ -89,7 +90,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
 
     q (BLOCK_M, D); acc (BLOCK_M, D), l_i and m_i (BLOCK_M,) in float32. m_i is in
     base 2: the running max of ``q . k * qk_scale`` with ``qk_scale = scale * log2(e)``.
-    GUARD: keep non-finite values out of the rows that cannot see them (the slow path).
+    GUARD: keep non-finite values out of the rows that cannot see them (the kernel's REPAIR launch).
     """
     off = S - T
     k_ptrs += start * stride_ks
@@ -148,32 +149,6 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
     return acc, l_i, m_i
 
 
-@triton.jit
-def _fwd_rows(q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n, lo, mid_lo, mid_hi, hi,
-              stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, GUARD: tl.constexpr):
-    """All the key blocks of one block of query rows, in three stages. Returns (acc, l_i, m_i)."""
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-
-    if HAS_WINDOW:  # stage 1: blocks cut by the window's lower edge
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                    lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                    BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
-    # stage 2: blocks every row sees entirely -- no mask, the fast path
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                mid_lo, mid_hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
-    # stage 3: the causal diagonal and the ragged end of the keys
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                mid_hi, hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
-
-    return acc, l_i, m_i
-
-
 REPAIR_BLOCK, REPAIR_BLOCK_INTERPRETER = 64, 16  # the second launch's blocks: rarely any work, never tuned
 
 _FWD_CONFIGS = autotune_configs(
@@ -216,10 +191,10 @@ def _flash_fwd_kernel(
     such block (``GUARD`` in ``_fwd_blocks``) cost the whole causal kernel 10-15% of its
     speed on an H200, though only a few blocks need it (at T = 16k, one in 60): code the
     compiler must fit anywhere in a kernel shapes all of it. So the first launch has no
-    guard; it marks a row whose output holds NaN
-    (lse = NaN), and a second, cheap launch (``REPAIR``) computes again, with the guard,
-    only the row blocks that hold a mark. Such a row either saw a non-finite value itself
-    (it stays NaN) or caught one from a key it cannot see (it comes out right).
+    guard; it marks a row whose output holds NaN (lse = NaN), and a second, cheap launch
+    (``REPAIR``) computes again, with the guard, only the row blocks that hold a mark.
+    Such a row either saw a non-finite value itself (it stays NaN) or caught one from a
+    key it cannot see (it comes out right).
     """
     # the longest causal rows come last in a head: start with them so that no
     # long program is left running alone at the end
@@ -253,10 +228,23 @@ def _flash_fwd_kernel(
             return
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # stays in registers for the whole loop
 
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
     lo, mid_lo, mid_hi, hi = key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
-    acc, l_i, m_i = _fwd_rows(q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n, lo, mid_lo, mid_hi, hi,
-                              stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                              BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_PAD, REPAIR)  # fmt: skip
+    if HAS_WINDOW:  # stage 1: blocks cut by the window's lower edge
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                    lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                    BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, REPAIR)  # fmt: skip
+    # stage 2: blocks every row sees entirely -- no mask, the fast path
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                mid_lo, mid_hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_PAD, REPAIR)  # fmt: skip
+    # stage 3: the causal diagonal and the ragged end of the keys
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                mid_hi, hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, REPAIR)  # fmt: skip
 
     # epilogue: O = acc / l; a row that saw no key has l = 0: output 0, lse = -inf
     seen = l_i > 0.0
@@ -292,7 +280,7 @@ def flash_attention_forward(q, k, v, *, causal=True, scale=None, window=None, ke
     pad_strides = pad.stride() if key_padding_mask is not None else (0, 0)
 
     def grid(meta):
-        return (triton.cdiv(T, meta["BLOCK_M"]), B * Hq)
+        return (cdiv(T, meta["BLOCK_M"]), B * Hq)
 
     args = (
         q, k, v, o, lse, pad,
@@ -305,7 +293,7 @@ def flash_attention_forward(q, k, v, *, causal=True, scale=None, window=None, ke
     _flash_fwd_kernel[grid](*args, **flags, REPAIR=False)
     if causal or window is not None:  # rows marked NaN, computed again with the guard (see the kernel)
         block = REPAIR_BLOCK_INTERPRETER if is_interpreter() else REPAIR_BLOCK
-        _flash_fwd_kernel.fn[(triton.cdiv(T, block), B * Hq)](
+        _flash_fwd_kernel.fn[(cdiv(T, block), B * Hq)](
             *args, **flags, REPAIR=True, BLOCK_M=block, BLOCK_N=block, num_warps=4, num_stages=1
         )  # fmt: skip
     return o, lse

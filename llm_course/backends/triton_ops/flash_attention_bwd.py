@@ -54,6 +54,7 @@ from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
     query_range,
     seq_bucket,
 )
+from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
 from llm_course.device import autotune_configs  # noqa: E402
 
 # --- 1. preprocess: delta = rowsum(dO * O) ----------------------------------------------------
@@ -366,7 +367,7 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, wi
     delta = torch.empty((B, Hq, T), device=q.device, dtype=torch.float32)
     lse2 = torch.empty_like(delta)
     pre_block = 64
-    _bwd_preprocess_kernel[(triton.cdiv(T, pre_block), B * Hq)](
+    _bwd_preprocess_kernel[(cdiv(T, pre_block), B * Hq)](
         o, do, lse, delta, lse2, *o.stride(), *do.stride(), Hq, T, HEAD_DIM=D, BLOCK_M=pre_block,
     )  # fmt: skip
 
@@ -378,11 +379,11 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal=True, scale=None, wi
     )  # fmt: skip
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *pad_strides)
     qk_scale = scale * LOG2E
-    _bwd_dkdv_kernel[lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * Hkv)](
+    _bwd_dkdv_kernel[lambda meta: (cdiv(S, meta["BLOCK_N"]), B * Hkv)](
         q, k, v, do, lse2, delta, dk, dv, pad, *strides, *dk.stride()[:3],
         Hkv, T, S, qk_scale, scale, window or 0, seq_bucket(T), seq_bucket(S), **common,
     )  # fmt: skip
-    _bwd_dq_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * Hq)](
+    _bwd_dq_kernel[lambda meta: (cdiv(T, meta["BLOCK_M"]), B * Hq)](
         q, k, v, do, lse2, delta, dq, pad, *strides, *dq.stride()[:3],
         Hq, T, S, qk_scale, scale, window or 0, seq_bucket(T), seq_bucket(S), **common,
     )  # fmt: skip

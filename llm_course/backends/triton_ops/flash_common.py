@@ -27,6 +27,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.launch import next_power_of_2  # noqa: E402
 
 OP = "flash_attention"
 HEAD_DIMS = (16, 32, 64, 128)  # powers of two the kernels are built for
@@ -35,7 +36,7 @@ LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
 
 def seq_bucket(n: int) -> int:
     """Autotuning is keyed on sequence lengths rounded up to a power of two (fewer re-tunings)."""
-    return triton.next_power_of_2(max(int(n), 16))
+    return next_power_of_2(max(int(n), 16))
 
 
 def heads_split_empty(B: int, H: int, T: int, D: int, like: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.cross_entropy import TARGET_DTYPES, cross_entropy_rows, reduce_rows  # noqa: E402
+from llm_course.backends.triton_ops.launch import next_power_of_2  # noqa: E402
 
 OP = "fused_linear_cross_entropy"
 CHUNK_BYTES = 256 * 2**20  # about how much memory one chunk of logits may take
@@ -55,7 +56,7 @@ def default_chunk_rows(n_rows: int, vocab: int, element_size: int) -> int:
     """Rows per chunk: a power of two with chunk x V logits within CHUNK_BYTES (at least 1, at most N)."""
     rows = max(1, CHUNK_BYTES // max(1, vocab * element_size))
     rows = 1 << (rows.bit_length() - 1)  # the power of two at most rows
-    return max(1, min(rows, triton.next_power_of_2(max(n_rows, 1))))
+    return max(1, min(rows, next_power_of_2(max(n_rows, 1))))
 
 
 def accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.launch import cdiv, next_power_of_2  # noqa: E402
 
 OP = "matmul"
 
@@ -95,8 +96,8 @@ def prune_configs(configs: list, named_args: dict, **kwargs) -> list:
     fp32 = named_args["a_ptr"].dtype == torch.float32
     keep = [
         c for c in configs
-        if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(M))
-        and c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(N))
+        if c.kwargs["BLOCK_M"] <= max(64, next_power_of_2(M))
+        and c.kwargs["BLOCK_N"] <= max(64, next_power_of_2(N))
         and not (fp32 and (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128 or c.kwargs["BLOCK_K"] > 32))
     ]  # fmt: skip
     return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
@@ -215,7 +216,7 @@ def launch_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = 
         return c.zero_() if bias is None else c.copy_(bias.expand(M, N))
 
     def grid(meta):  # one program per tile of C
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
     matmul_kernel[grid](
         a, b, c, bias if bias is not None else c,  # an unused pointer must still be a tensor

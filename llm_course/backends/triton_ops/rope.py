@@ -51,7 +51,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.torch_ops.rope import check_rope_inputs  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
-from llm_course.backends.triton_ops.launch import last_dim_contiguous  # noqa: E402
+from llm_course.backends.triton_ops.launch import cdiv, last_dim_contiguous, next_power_of_2  # noqa: E402
 
 OP = "apply_rope"
 MAX_TILE = 4096  # elements of x per program (both halves): enough bytes in flight per program
@@ -153,8 +153,8 @@ def _table_strides(cos: torch.Tensor) -> tuple[int, int]:
 
 
 def _block_sizes(H: int, HY: int, D: int) -> tuple[int, int, int]:
-    BLOCK_HALF = triton.next_power_of_2(max(D // 2, 1))
-    BLOCK_H = min(triton.next_power_of_2(max(H, HY, 1)), max(1, MAX_TILE // (2 * BLOCK_HALF)))
+    BLOCK_HALF = next_power_of_2(max(D // 2, 1))
+    BLOCK_H = min(next_power_of_2(max(H, HY, 1)), max(1, MAX_TILE // (2 * BLOCK_HALF)))
     num_warps = 4 if BLOCK_H * BLOCK_HALF >= 1024 else 2
     return BLOCK_H, BLOCK_HALF, num_warps
 
@@ -169,7 +169,7 @@ def rope_launch(
     out_y = torch.empty_like(y) if y is not None else None
     HY = y.shape[1] if y is not None else 0
     BLOCK_H, BLOCK_HALF, num_warps = _block_sizes(H, HY, D)
-    n_blocks = triton.cdiv(H, BLOCK_H) + (triton.cdiv(HY, BLOCK_H) if y is not None else 0)
+    n_blocks = cdiv(H, BLOCK_H) + (cdiv(HY, BLOCK_H) if y is not None else 0)
     if B * T == 0 or n_blocks == 0:
         return out, out_y
     yy, oy = (y, out_y) if y is not None else (x, out)  # unused pointers when there is no y

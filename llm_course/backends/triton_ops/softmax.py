@@ -37,7 +37,7 @@ import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
-from llm_course.backends.triton_ops.launch import as_rows, num_warps_for  # noqa: E402
+from llm_course.backends.triton_ops.launch import as_rows, next_power_of_2, num_warps_for  # noqa: E402
 
 OP = "softmax"
 MAX_FUSED_SIZE = 16384  # longest row kept whole in registers (elements)
@@ -125,11 +125,11 @@ def softmax_bwd_looped_kernel(
 
 
 def _launch(fused_kernel, looped_kernel, n_rows: int, n_cols: int, max_fused_size: int, *args) -> None:
-    block = triton.next_power_of_2(n_cols)
+    block = next_power_of_2(n_cols)
     if block <= max_fused_size:
         fused_kernel[(n_rows,)](*args, n_cols, BLOCK_SIZE=block, num_warps=num_warps_for(block))
     else:
-        block = min(LOOP_BLOCK_SIZE, triton.next_power_of_2(max_fused_size))
+        block = min(LOOP_BLOCK_SIZE, next_power_of_2(max_fused_size))
         looped_kernel[(n_rows,)](*args, n_cols, BLOCK_SIZE=block, num_warps=num_warps_for(block))
 
 
