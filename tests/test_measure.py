@@ -375,3 +375,20 @@ def test_wall_time_counts_every_call():
     assert ms >= 2.0  # each timed call sleeps 2 ms: the wall time per call cannot be less
     with pytest.raises(ValueError, match="reps"):
         wall_time(lambda: None, warmup=0, reps=0)
+
+
+def test_wall_time_takes_the_median_round():
+    """One slow round (a hiccup of the host) does not move the result; every round runs every call."""
+    from llm_course.measure.timer import wall_time
+
+    calls = []
+
+    def fn():
+        calls.append(None)
+        time.sleep(0.05 if len(calls) == 3 else 0.001)  # the first round's second call stalls
+
+    ms = wall_time(fn, warmup=1, reps=2, rounds=3)
+    assert len(calls) == 7
+    assert 1.0 <= ms < 5.0  # a mean over all calls would be about 9 ms; the stalled round alone 25 ms
+    with pytest.raises(ValueError, match="rounds"):
+        wall_time(fn, warmup=0, reps=1, rounds=0)

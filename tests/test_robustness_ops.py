@@ -340,6 +340,7 @@ NAN_CASES = [
     ("causal v", 40, 40, {"causal": True}, [20], "v", None),
     ("causal k", 40, 40, {"causal": True}, [20], "k", None),
     ("causal kv, GQA", 40, 40, {"causal": True}, [21], "kv", None),
+    ("causal v, long", 150, 150, {"causal": True}, [100], "v", None),  # past the first rows the repair checks
     ("window v", 40, 40, {"causal": True, "window": 5}, [20], "v", None),
     ("window k", 40, 40, {"causal": True, "window": 5}, [20], "k", None),
     ("padding kv", 24, 40, {"causal": False}, [3, 17, 33], "kv", "pad"),

@@ -120,7 +120,8 @@ def measure(
     kernels' own, without Python's launch overhead (``llm_course.measure.timer._flusher``).
     On a GPU ``row.wall_ms`` is also set: the wall time per call of back-to-back calls of
     ``wall_fn`` (default ``fn``; say, the same op called through ``llm_course.ops``), which
-    is what a model or a training loop pays (``llm_course.measure.timer.wall_time``), with the
+    is what a model or a training loop pays (``llm_course.measure.timer.wall_time``: the median of five
+    such loops), with the
     backward on the calling thread as the course's trainer runs it (``training/trainer.py``).
     """
     try:
@@ -132,7 +133,7 @@ def measure(
     row.ms, row.min_ms = t.median_ms, t.min_ms
     if is_gpu(device):  # what a loop of calls pays, host work included (the time above is the GPU's alone)
         with torch.autograd.set_multithreading_enabled(False):  # no autograd worker thread, as in the trainer
-            row.wall_ms = wall_time(wall_fn or fn, warmup=1, reps=reps, synchronize=lambda: device_synchronize(device))
+            row.wall_ms = wall_time(wall_fn or fn, warmup=1, reps=reps, rounds=5, synchronize=lambda: device_synchronize(device))
     seconds = t.median_ms / 1e3
     row.gbs = row.bytes / seconds / 1e9 if row.bytes else math.nan
     row.tflops = row.flops / seconds / 1e12 if row.flops else math.nan

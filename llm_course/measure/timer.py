@@ -146,7 +146,12 @@ def host_times(
 
 
 def wall_time(
-    fn: Callable[[], Any], *, warmup: int, reps: int, synchronize: Callable[[], None] = lambda: None
+    fn: Callable[[], Any],
+    *,
+    warmup: int,
+    reps: int,
+    rounds: int = 1,
+    synchronize: Callable[[], None] = lambda: None,
 ) -> float:
     """Wall time (ms) per call of ``reps`` back-to-back calls of ``fn()``: what a loop pays.
 
@@ -155,17 +160,25 @@ def wall_time(
     When the host's work per call (argument checks, autograd, kernel launches)
     is less than the device's, the calls overlap it and this is the device time;
     when it is more, the host sets the pace and this time is larger.
+
+    ``rounds > 1`` repeats the loop that many times (draining the device between
+    rounds) and returns the median round: a loop of a few milliseconds is easily
+    stretched by one hiccup of the host (the garbage collector, another process),
+    which says nothing about the op.
     """
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+    if reps < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"need reps >= 1, warmup >= 0 and rounds >= 1, got reps={reps}, warmup={warmup}, rounds={rounds}")
     for _ in range(warmup):
         fn()
-    synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    synchronize()
-    return (time.perf_counter() - t0) * 1e3 / reps
+    per_call = []
+    for _ in range(rounds):
+        synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        synchronize()
+        per_call.append((time.perf_counter() - t0) * 1e3 / reps)
+    return statistics.median(per_call)
 
 
 def _flusher(device: torch.device) -> Callable[[], Any]:

@@ -149,7 +149,62 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n_base,
     return acc, l_i, m_i
 
 
-REPAIR_BLOCK, REPAIR_BLOCK_INTERPRETER = 64, 16  # the second launch's blocks: rarely any work, never tuned
+@triton.jit
+def _fwd_row_block(q_base, k_base, v_base, o_base, lse_row, pad_ptrs, m0,
+                   stride_qt, stride_qd, stride_ks, stride_kd, stride_vs, stride_vd,
+                   stride_ot, stride_od, stride_ps, T, S, qk_scale, window,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
+                   GUARD: tl.constexpr):
+    """Query rows [m0, m0 + BLOCK_M) of one head: visit their key blocks, write their O and lse.
+
+    The ``*_base`` pointers point at this (batch, head)'s first row; ``lse_row`` at its (T,) lse.
+    """
+    offs_m = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions
+    offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,) key offsets within a block
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd  # (BLOCK_M, D)
+    k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd  # (BLOCK_N, D)
+    v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd  # (BLOCK_N, D)
+    row_ok = offs_m < T
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # stays in registers for the whole loop
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    lo, mid_lo, mid_hi, hi = key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    if HAS_WINDOW:  # stage 1: blocks cut by the window's lower edge
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                    lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                    BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
+    # stage 2: blocks every row sees entirely -- no mask, the fast path
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                mid_lo, mid_hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
+    # stage 3: the causal diagonal and the ragged end of the keys
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
+                                mid_hi, hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
+                                BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, GUARD)  # fmt: skip
+
+    # epilogue: O = acc / l; a row that saw no key has l = 0: output 0, lse = -inf
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # base 2 -> natural log
+    if (CAUSAL or HAS_WINDOW) and not GUARD:  # mark a row holding NaN for the second launch
+        row_sum = tl.sum(acc, 1)  # (BLOCK_M,) NaN if any of the row is
+        lse = tl.where(row_sum == row_sum, lse, float("nan"))
+    o_ptrs = o_base + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, o.to(o_base.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(lse_row + offs_m, lse, mask=row_ok)
+
+
+# The second launch (see the kernel): each program checks REPAIR_ROWS rows of one head for
+# a mark, and recomputes, in blocks of REPAIR_BLOCK rows, those that hold one. Nearly always
+# there is none, so a program is one load and a return: big chunks keep the grid small.
+REPAIR_ROWS, REPAIR_BLOCK = 1024, 64
+REPAIR_ROWS_INTERPRETER, REPAIR_BLOCK_INTERPRETER = 64, 16  # on the CPU: small, so that tests reach every path
 
 _FWD_CONFIGS = autotune_configs(
     [
@@ -180,6 +235,7 @@ def _flash_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
     REPAIR: tl.constexpr,  # the second launch: redo, with the guard, the row blocks the first one marked
+    REPAIR_ROWS: tl.constexpr = 1,  # rows one program of the second launch checks
 ):  # fmt: skip
     """One program: query rows [m0, m0 + BLOCK_M) of one (batch, query head).
 
@@ -192,72 +248,46 @@ def _flash_fwd_kernel(
     speed on an H200, though only a few blocks need it (at T = 16k, one in 60): code the
     compiler must fit anywhere in a kernel shapes all of it. So the first launch has no
     guard; it marks a row whose output holds NaN (lse = NaN), and a second, cheap launch
-    (``REPAIR``) computes again, with the guard, only the row blocks that hold a mark.
-    Such a row either saw a non-finite value itself (it stays NaN) or caught one from a
-    key it cannot see (it comes out right).
+    (``REPAIR``: one program per REPAIR_ROWS rows) computes again, with the guard, only
+    the row blocks that hold a mark. Such a row either saw a non-finite value itself (it
+    stays NaN) or caught one from a key it cannot see (it comes out right).
     """
-    # the longest causal rows come last in a head: start with them so that no
-    # long program is left running alone at the end
-    pid_m = tl.program_id(0)
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
     h = pid_bh % n_heads
     h_kv = h // GROUP  # grouped-query attention: the kv head this query head shares
-
-    m0 = pid_m * BLOCK_M
-    offs_m = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions
-    offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,) key offsets within a block
-    offs_d = tl.arange(0, HEAD_DIM)
-
     # 64-bit offsets: B * H * T * D can exceed 2**31 at long sequence lengths
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
-    q_ptrs = q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd  # (BLOCK_M, D)
-    k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd  # (BLOCK_N, D)
-    v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd  # (BLOCK_N, D)
+    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    lse_row = LSE + pid_bh.to(tl.int64) * T  # (T,) this head's lse
     pad_ptrs = PAD + b.to(tl.int64) * stride_pb  # (S,) row of the padding mask (unused without one)
 
-    row_ok = offs_m < T
-    lse_ptrs = LSE + pid_bh.to(tl.int64) * T + offs_m  # (BLOCK_M,)
-    if REPAIR:  # nothing to do unless the first launch marked a row of this block
-        marked = tl.load(lse_ptrs, mask=row_ok, other=0.0)
+    if REPAIR:
+        first = tl.program_id(0) * REPAIR_ROWS
+        rows = first + tl.arange(0, REPAIR_ROWS)
+        marked = tl.load(lse_row + rows, mask=rows < T, other=0.0)  # (REPAIR_ROWS,) NaN marks a row
         if tl.max((marked != marked).to(tl.int32)) == 0:
-            return
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # stays in registers for the whole loop
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-
-    lo, mid_lo, mid_hi, hi = key_range(m0, T, S, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
-    if HAS_WINDOW:  # stage 1: blocks cut by the window's lower edge
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                    lo, mid_lo, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                    BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, REPAIR)  # fmt: skip
-    # stage 2: blocks every row sees entirely -- no mask, the fast path
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                mid_lo, mid_hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_PAD, REPAIR)  # fmt: skip
-    # stage 3: the causal diagonal and the ragged end of the keys
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, pad_ptrs, offs_m, offs_n,
-                                mid_hi, hi, stride_ks, stride_vs, stride_ps, qk_scale, T, S, window,
-                                BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_PAD, REPAIR)  # fmt: skip
-
-    # epilogue: O = acc / l; a row that saw no key has l = 0: output 0, lse = -inf
-    seen = l_i > 0.0
-    l_safe = tl.where(seen, l_i, 1.0)
-    o = acc / l_safe[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # base 2 -> natural log
-    if (CAUSAL or HAS_WINDOW) and not REPAIR:  # mark a row holding NaN for the second launch
-        row_sum = tl.sum(acc, 1)  # (BLOCK_M,) NaN if any of the row is
-        lse = tl.where(row_sum == row_sum, lse, float("nan"))
-
-    o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(lse_ptrs, lse, mask=row_ok)
+            return  # the usual case: nothing to redo
+        for m0 in range(first, tl.minimum(first + REPAIR_ROWS, T), BLOCK_M):
+            offs = m0 + tl.arange(0, BLOCK_M)
+            block_marked = tl.load(lse_row + offs, mask=offs < T, other=0.0)  # (BLOCK_M,)
+            if tl.max((block_marked != block_marked).to(tl.int32)) > 0:
+                _fwd_row_block(q_base, k_base, v_base, o_base, lse_row, pad_ptrs, m0,
+                               stride_qt, stride_qd, stride_ks, stride_kd, stride_vs, stride_vd, stride_ot, stride_od, stride_ps,
+                               T, S, qk_scale, window, HEAD_DIM, BLOCK_M, BLOCK_N,
+                               CAUSAL, HAS_WINDOW, HAS_PAD, True)  # fmt: skip
+    else:
+        # the longest causal rows come last in a head: start with them so that no
+        # long program is left running alone at the end
+        pid_m = tl.program_id(0)
+        if CAUSAL:
+            pid_m = tl.num_programs(0) - 1 - pid_m
+        _fwd_row_block(q_base, k_base, v_base, o_base, lse_row, pad_ptrs, pid_m * BLOCK_M,
+                       stride_qt, stride_qd, stride_ks, stride_kd, stride_vs, stride_vd, stride_ot, stride_od, stride_ps,
+                       T, S, qk_scale, window, HEAD_DIM, BLOCK_M, BLOCK_N,
+                       CAUSAL, HAS_WINDOW, HAS_PAD, False)  # fmt: skip
 
 
 # --- 2. the launcher -----------------------------------------------------------------------
@@ -292,9 +322,9 @@ def flash_attention_forward(q, k, v, *, causal=True, scale=None, window=None, ke
                  HAS_PAD=key_padding_mask is not None)  # fmt: skip
     _flash_fwd_kernel[grid](*args, **flags, REPAIR=False)
     if causal or window is not None:  # rows marked NaN, computed again with the guard (see the kernel)
-        block = REPAIR_BLOCK_INTERPRETER if is_interpreter() else REPAIR_BLOCK
-        _flash_fwd_kernel.fn[(cdiv(T, block), B * Hq)](
-            *args, **flags, REPAIR=True, BLOCK_M=block, BLOCK_N=block, num_warps=4, num_stages=1
+        rows, block = (REPAIR_ROWS_INTERPRETER, REPAIR_BLOCK_INTERPRETER) if is_interpreter() else (REPAIR_ROWS, REPAIR_BLOCK)
+        _flash_fwd_kernel.fn[(cdiv(T, rows), B * Hq)](
+            *args, **flags, REPAIR=True, REPAIR_ROWS=rows, BLOCK_M=block, BLOCK_N=block, num_warps=4, num_stages=1
         )  # fmt: skip
     return o, lse
 
