@@ -120,9 +120,9 @@ def measure(
     kernels' own, without Python's launch overhead (``llm_course.measure.timer._flusher``).
     On a GPU ``row.wall_ms`` is also set: the wall time per call of back-to-back calls of
     ``wall_fn`` (default ``fn``; say, the same op called through ``llm_course.ops``), which
-    is what a model or a training loop pays (``llm_course.measure.timer.wall_time``: the median of five
-    such loops), with the
-    backward on the calling thread as the course's trainer runs it (``training/trainer.py``).
+    is what a model or a training loop pays (``llm_course.measure.timer.wall_time``: the median of
+    five such loops), with the backward on the calling thread as the course's trainer runs it
+    (``training/trainer.py``).
     """
     try:
         t: Timing = benchmark(fn, warmup=warmup, reps=reps, device=device, flush_cache=is_gpu(device))

@@ -38,6 +38,8 @@ from typing import Optional
 
 import torch
 
+from llm_course.backends.triton_ops.launch import last_dim_contiguous  # a helper with no kernels: no circle
+
 Tensor = torch.Tensor
 NS = "llm_course"
 # (The signatures below say Optional[...] rather than "X | None": torch.library reads them to
@@ -337,7 +339,6 @@ def add_norm(x: Tensor, h: Tensor, weight: Tensor, bias: Optional[Tensor], eps: 
 
 @torch.library.custom_op(f"{NS}::apply_rope", mutates_args=())
 def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor, backward: bool) -> Tensor:
-    from llm_course.backends.triton_ops.launch import last_dim_contiguous
     from llm_course.backends.triton_ops.rope import rope_launch
 
     return rope_launch(last_dim_contiguous(x), cos, sin, backward=backward)[0]
@@ -345,8 +346,6 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor, backward: bool) -> Tensor:
 
 @_apply_rope.register_fake
 def _(x, cos, sin, backward):
-    from llm_course.backends.triton_ops.launch import last_dim_contiguous
-
     # the one output that is not contiguous: the kernel writes it in x's layout (empty_like), as here
     return torch.empty_like(last_dim_contiguous(x))
 
@@ -410,8 +409,6 @@ def _flash_setup(ctx, inputs, output):
 
 
 def _flash_grad(ctx, do, _dlse):
-    from llm_course.backends.triton_ops.launch import last_dim_contiguous
-
     q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
     do = last_dim_contiguous(do)
     dq, dk, dv = _flash_attention_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale, ctx.window, key_padding_mask)

@@ -33,7 +33,6 @@ from llm_course.device import configure_triton
 configure_triton()
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
