@@ -102,7 +102,7 @@ def _check_triton_not_imported_compiled() -> None:
     switched on (``torch._dynamo`` does, e.g. on an optimizer's first step), every kernel that
     calls them fails deep in Triton; say so here instead."""
     language = sys.modules.get("triton.language")
-    if language is None or not is_interpreter():
+    if language is None or not _interpreter_from_env():  # the variable itself: it may have been set just now
         return
     from triton.runtime.interpreter import InterpretedFunction
 
@@ -140,8 +140,25 @@ def triton_mode() -> str:
     return "interpreter" if is_interpreter() else "compiled"
 
 
+_INTERPRETER_FIXED: list[bool] = []  # the answer, once Triton has read the variable
+
+
 def is_interpreter() -> bool:
-    """True when Triton kernels run (or, once configured, will run) through the CPU interpreter."""
+    """True when Triton kernels run (or, once configured, will run) through the CPU interpreter.
+
+    Every op call asks this (a bfloat16 check, a launch setting). Reading the environment
+    costs the host microseconds; once ``triton.language`` is imported, Triton has read the
+    variable and the mode cannot change any more, so the answer is kept from then on.
+    """
+    if _INTERPRETER_FIXED:
+        return _INTERPRETER_FIXED[0]
+    answer = _interpreter_from_env()
+    if "triton.language" in sys.modules:
+        _INTERPRETER_FIXED.append(answer)
+    return answer
+
+
+def _interpreter_from_env() -> bool:
     return os.environ.get(ENV_INTERPRET, "0") not in ("", "0") or not has_gpu()
 
 

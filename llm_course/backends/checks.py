@@ -82,16 +82,21 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def require_device(op: str, **tensors: torch.Tensor | None) -> None:
     """Tensors that hold data (not on the ``meta`` device), all on one device (None: an absent optional tensor)."""
-    present = {name: t for name, t in tensors.items() if t is not None}
-    for name, t in present.items():
-        if t.device.type == "meta":
+    first = None  # a plain loop, no dicts or sets: every op call runs this on the host's time
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        device = t.device
+        if device.type == "meta":
             raise ValueError(
                 f"{op}: {name} is on the meta device: it has a shape but no data "
                 "(materialize it first, e.g. module.to_empty(device=...) and load or initialize the weights)"
             )
-    if len({t.device for t in present.values()}) > 1:
-        desc = ", ".join(f"{n} on {t.device}" for n, t in present.items())
-        raise ValueError(f"{op}: inputs are on different devices ({desc})")
+        if first is None:
+            first = device
+        elif device != first:
+            desc = ", ".join(f"{n} on {t.device}" for n, t in tensors.items() if t is not None)
+            raise ValueError(f"{op}: inputs are on different devices ({desc})")
 
 
 def require_floating(op: str, **tensors: torch.Tensor | None) -> None:

@@ -44,6 +44,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
+from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
 
 BLOCK_SIZE = 1024  # elements per program: 4 warps x 32 threads x 8 elements
 NUM_WARPS = 4
@@ -119,7 +120,7 @@ def gelu_tanh_forward(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()  # no copy when already contiguous
     y = torch.empty_like(x)
     if x.numel():
-        gelu_tanh_fwd_kernel[_grid(x.numel())](x, y, x.numel(), C=GELU_C, A=GELU_A, BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS)
+        launch(gelu_tanh_fwd_kernel, _grid(x.numel()), x, y, x.numel(), C=GELU_C, A=GELU_A, BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS)
     return y
 
 
@@ -128,7 +129,7 @@ def gelu_tanh_backward(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dy, x = dy.contiguous(), x.contiguous()
     dx = torch.empty_like(x)
     if x.numel():
-        gelu_tanh_bwd_kernel[_grid(x.numel())](dy, x, dx, x.numel(), C=GELU_C, A=GELU_A, BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS)
+        launch(gelu_tanh_bwd_kernel, _grid(x.numel()), dy, x, dx, x.numel(), C=GELU_C, A=GELU_A, BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS)
     return dx
 
 
@@ -137,7 +138,7 @@ def silu_mul_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     gate, up = gate.contiguous(), up.contiguous()
     y = torch.empty_like(gate)
     if gate.numel():
-        silu_mul_fwd_kernel[_grid(gate.numel())](gate, up, y, gate.numel(), BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS)
+        launch(silu_mul_fwd_kernel, _grid(gate.numel()), gate, up, y, gate.numel(), BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS)
     return y
 
 
@@ -146,9 +147,10 @@ def silu_mul_backward(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) ->
     dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
     dgate, dup = torch.empty_like(gate), torch.empty_like(up)
     if gate.numel():
-        silu_mul_bwd_kernel[_grid(gate.numel())](
-            dy, gate, up, dgate, dup, gate.numel(), BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS
-        )
+        launch(
+            silu_mul_bwd_kernel, _grid(gate.numel()), dy, gate, up, dgate, dup, gate.numel(),
+            BLOCK_SIZE=BLOCK_SIZE, num_warps=NUM_WARPS,
+        )  # fmt: skip
     return dgate, dup
 
 

@@ -41,6 +41,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import as_rows, backward_programs, backward_stages, block_config  # noqa: E402
+from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
 from llm_course.backends.triton_ops.layernorm import norm_row_backward, normalize_row  # noqa: E402
 
 MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers, as in the norms' kernels
@@ -144,8 +145,8 @@ def add_norm_forward(x, h, weight, bias, eps: float, is_rms: bool):
         return s, y, mean, rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(_op(is_rms), N, MAX_FUSED_SIZE)
     w = weight.contiguous()
-    add_norm_fwd_kernel[(M,)](
-        x, h, w, bias.contiguous() if bias is not None else w, s, y, mean, rstd,
+    launch(
+        add_norm_fwd_kernel, (M,), x, h, w, bias.contiguous() if bias is not None else w, s, y, mean, rstd,
         x.stride(0), h.stride(0), s.stride(0), y.stride(0), N, 1.0 / N, eps,
         IS_RMS=is_rms, HAS_BIAS=bias is not None, BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
@@ -165,8 +166,8 @@ def add_norm_backward(ds, dy, s, weight, bias, mean, rstd, h_dtype: torch.dtype,
     programs, rows_per_program = backward_programs(M, num_warps, s.device)
     # partial sums: [0] dweight, [1] dbias, one row per program; one .sum() reduces both
     partial = torch.empty((2 if has_bias else 1, programs, N), dtype=torch.float32, device=s.device)
-    add_norm_bwd_kernel[(programs,)](
-        dy, ds, s, weight.contiguous(), mean, rstd, dx, dh, partial[0], partial[-1],
+    launch(
+        add_norm_bwd_kernel, (programs,), dy, ds, s, weight.contiguous(), mean, rstd, dx, dh, partial[0], partial[-1],
         dy.stride(0), ds.stride(0), s.stride(0), dx.stride(0), dh.stride(0),
         M, N, 1.0 / N, rows_per_program,
         IS_RMS=is_rms, HAS_BIAS=has_bias, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, s.element_size()), num_warps=num_warps,

@@ -66,10 +66,15 @@ def check_tensor(
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:
     """All the given tensors on one device (None stands for an absent optional tensor)."""
-    devices = {name: t.device for name, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        desc = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"{op}: inputs are on different devices ({desc})")
+    first = None  # a plain loop, no dicts or sets: every op call runs this on the host's time
+    for t in tensors.values():
+        if t is None:
+            continue
+        if first is None:
+            first = t.device
+        elif t.device != first:
+            desc = ", ".join(f"{n} on {t.device}" for n, t in tensors.items() if t is not None)
+            raise ValueError(f"{op}: inputs are on different devices ({desc})")
 
 
 def check_same_dtype(op: str, **tensors: torch.Tensor) -> None:

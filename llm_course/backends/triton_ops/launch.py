@@ -4,8 +4,9 @@ Row-wise kernels (softmax, RMSNorm, LayerNorm) give one program a whole row of
 an (M, N) view of their input, held in registers as one block:
 
     rows = as_rows(x)                                   # (..., N) -> (M, N), last stride 1, no copy if possible
+    y = from_rows(out_rows, x.shape)                    # (M, N) -> (..., N), the way back
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)   # a power of two >= N; 4, 8 or 16 warps
-    kernel[(M,)](rows, ..., BLOCK_SIZE=block, num_warps=num_warps)
+    launch(kernel, (M,), rows, ..., BLOCK_SIZE=block, num_warps=num_warps)   # launch_cache.py: kernel[(M,)](...), cheaper
 
 Kernels whose backward reduces over rows (a norm's dweight) launch about as many
 programs as the GPU runs at once, each looping over a block of rows:
@@ -65,6 +66,14 @@ def block_config(op: str, n_cols: int, max_size: int) -> tuple[int, int]:
 def as_rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) with a last-dim stride of 1, without a copy when the layout allows."""
     return last_dim_contiguous(t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t)
+
+
+def from_rows(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """(M, N) -> ``shape``, the inverse of :func:`as_rows`: no view at all when ``shape`` is already 2-D.
+
+    A view is a PyTorch call (microseconds of the host's time); a 2-D input's rows are the input itself.
+    """
+    return t if len(shape) == 2 else t.view(shape)
 
 
 def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:

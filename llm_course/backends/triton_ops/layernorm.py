@@ -48,8 +48,9 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
-    as_rows, backward_programs, backward_stages, block_config, last_dim_contiguous,
+    as_rows, backward_programs, backward_stages, block_config, from_rows, last_dim_contiguous,
 )
+from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
 
 OP = "layer_norm"
 MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers, as in rmsnorm.py
@@ -173,8 +174,9 @@ def layernorm_forward(
         return y, mean.zero_(), rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
     w = last_dim_contiguous(weight)
-    layernorm_fwd_kernel[(M,)](
-        x, w, last_dim_contiguous(bias) if bias is not None else w, y, mean, rstd, x.stride(0), y.stride(0), N, 1.0 / N, eps,
+    b = last_dim_contiguous(bias) if bias is not None else w  # (no bias: any pointer; HAS_BIAS=False never reads it)
+    launch(
+        layernorm_fwd_kernel, (M,), x, w, b, y, mean, rstd, x.stride(0), y.stride(0), N, 1.0 / N, eps,
         HAS_BIAS=bias is not None, BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
     return y, mean, rstd
@@ -201,8 +203,8 @@ def layernorm_backward(
     programs, rows_per_program = backward_programs(M, num_warps, x.device)
     # partial sums: [0] dweight, [1] dbias, one row per program; one .sum() reduces both
     partial = torch.empty((2 if has_bias else 1, programs, N), dtype=torch.float32, device=x.device)
-    layernorm_bwd_kernel[(programs,)](
-        dy, x, last_dim_contiguous(weight), mean, rstd, dx, partial,
+    launch(
+        layernorm_bwd_kernel, (programs,), dy, x, last_dim_contiguous(weight), mean, rstd, dx, partial,
         dy.stride(0), x.stride(0), dx.stride(0), M, N, 1.0 / N, rows_per_program,
         HAS_BIAS=has_bias, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, x.element_size()),
         num_warps=num_warps,
@@ -220,14 +222,14 @@ class LayerNormFunction(torch.autograd.Function):
         x2 = as_rows(x)  # (M, N)
         y, mean, rstd = layernorm_forward(x2, weight, bias, eps)
         ctx.save_for_backward(x2, weight, bias, mean, rstd)
-        return y.view(x.shape)
+        return from_rows(y, x.shape)
 
     @staticmethod
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dy):
         x2, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dw, db = layernorm_backward(as_rows(dy), x2, weight, bias, mean, rstd)
-        return dx.view(dy.shape), dw, db, None
+        return from_rows(dx, dy.shape), dw, db, None
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:

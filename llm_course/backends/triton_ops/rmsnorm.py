@@ -38,8 +38,9 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
-    as_rows, backward_programs, backward_stages, block_config, last_dim_contiguous,
+    as_rows, backward_programs, backward_stages, block_config, from_rows, last_dim_contiguous,
 )
+from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
 
 OP = "rms_norm"
 MAX_FUSED_SIZE = 65536  # longest row (elements) kept in registers
@@ -109,8 +110,8 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
     if M == 0 or N == 0:
         return y, rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
-    rmsnorm_fwd_kernel[(M,)](
-        x, last_dim_contiguous(weight), y, rstd, x.stride(0), y.stride(0), N, eps,
+    launch(
+        rmsnorm_fwd_kernel, (M,), x, last_dim_contiguous(weight), y, rstd, x.stride(0), y.stride(0), N, eps,
         BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
     return y, rstd
@@ -130,8 +131,8 @@ def rmsnorm_backward(
     block, num_warps = block_config(OP, N, MAX_FUSED_SIZE)
     programs, rows_per_program = backward_programs(M, num_warps, x.device)
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
-    rmsnorm_bwd_kernel[(programs,)](
-        dy, x, last_dim_contiguous(weight), rstd, dx, dw_partial,
+    launch(
+        rmsnorm_bwd_kernel, (programs,), dy, x, last_dim_contiguous(weight), rstd, dx, dw_partial,
         dy.stride(0), x.stride(0), dx.stride(0),
         M, N, rows_per_program, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, x.element_size()),
         num_warps=num_warps,
@@ -145,14 +146,14 @@ class RMSNormFunction(torch.autograd.Function):
         x2 = as_rows(x)  # (M, N)
         y, rstd = rmsnorm_forward(x2, weight, eps)
         ctx.save_for_backward(x2, weight, rstd)
-        return y.view(x.shape)
+        return from_rows(y, x.shape)
 
     @staticmethod
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
     def backward(ctx, dy):
         x2, weight, rstd = ctx.saved_tensors
         dx, dw = rmsnorm_backward(as_rows(dy), x2, weight, rstd)
-        return dx.view(dy.shape), dw, None
+        return from_rows(dx, dy.shape), dw, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -52,6 +52,7 @@ from llm_course.backends.torch_ops.rope import check_rope_inputs  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import cdiv, last_dim_contiguous, next_power_of_2  # noqa: E402
+from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
 
 OP = "apply_rope"
 MAX_TILE = 4096  # elements of x per program (both halves): enough bytes in flight per program
@@ -174,8 +175,8 @@ def rope_launch(
         return out, out_y
     yy, oy = (y, out_y) if y is not None else (x, out)  # unused pointers when there is no y
     stride_cb, stride_ct = _table_strides(cos)
-    rope_kernel[(B * T, n_blocks)](
-        x, out, cos, sin, yy, oy,
+    launch(
+        rope_kernel, (B * T, n_blocks), x, out, cos, sin, yy, oy,
         T, H, HY, D // 2,
         x.stride(0), x.stride(1), x.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
