@@ -107,3 +107,28 @@ def test_launch_hooks_still_run_on_the_cached_path():
     finally:
         hook.remove(record)
     assert len(seen) == 1
+
+
+@pytest.mark.gpu
+def test_the_norms_launch_through_the_cache():
+    """The ops a model calls at every layer take the cached path: a second call adds no entry."""
+    from llm_course import ops
+    from llm_course.backends import use_backend
+    from llm_course.backends.triton_ops import layernorm, rmsnorm
+
+    dev = torch.device("cuda")
+    x = torch.randn(2, 37, 300, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(300, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(300, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    kernels = {id(k) for k in (layernorm.layernorm_fwd_kernel, layernorm.layernorm_bwd_kernel,
+                               rmsnorm.rmsnorm_fwd_kernel, rmsnorm.rmsnorm_bwd_kernel)}  # fmt: skip
+
+    def step():
+        with use_backend("triton"):
+            torch.autograd.grad(ops.layer_norm(x, w, b, 1e-5).float().sum(), [x, w, b])
+            torch.autograd.grad(ops.rms_norm(x, w, 1e-6).float().sum(), [x, w])
+        return {key for key in launch_cache._CACHE if key[0] in kernels}
+
+    first = step()
+    assert len(first) == 4  # each kernel once
+    assert step() == first
