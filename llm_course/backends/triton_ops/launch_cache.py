@@ -28,7 +28,10 @@ directly:
 
 Under the interpreter there is no compiled kernel: ``launch`` is then exactly
 ``kernel[grid](...)``. Runtime arguments must be passed by position and
-constexprs and options by keyword, as the course's launchers do.
+constexprs and options by keyword, as the course's launchers do. One check of
+Triton's is not repeated on the cached path: that no module-level value a kernel
+reads has changed since it was compiled. Pass such values as arguments (the
+course's kernels take their constants as constexpr arguments).
 """
 
 from __future__ import annotations
