@@ -40,7 +40,9 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
-from llm_course.backends.triton_ops.launch import as_rows, backward_programs, backward_stages, block_config  # noqa: E402
+from llm_course.backends.triton_ops.launch import (  # noqa: E402
+    as_rows, backward_programs, backward_stages, block_config, from_rows,
+)
 from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
 from llm_course.backends.triton_ops.layernorm import norm_row_backward, normalize_row  # noqa: E402
 
@@ -182,7 +184,7 @@ class AddNormFunction(torch.autograd.Function):
         s, y, mean, rstd = add_norm_forward(as_rows(x), as_rows(h), weight, bias, eps, is_rms)
         ctx.save_for_backward(s, weight, bias, mean, rstd)
         ctx.h_dtype, ctx.is_rms = h.dtype, is_rms
-        return s.view(x.shape), y.view(x.shape)
+        return from_rows(s, x.shape), from_rows(y, x.shape)
 
     @staticmethod
     @once_differentiable  # the backward is a kernel: no graph of its own, so no double backward
@@ -190,7 +192,7 @@ class AddNormFunction(torch.autograd.Function):
         s, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dh, dw, db = add_norm_backward(as_rows(ds), as_rows(dy), s, weight, bias, mean, rstd,
                                            ctx.h_dtype, ctx.is_rms)  # fmt: skip
-        return dx.view(dy.shape), dh.view(dy.shape), dw, db, None, None
+        return from_rows(dx, dy.shape), from_rows(dh, dy.shape), dw, db, None, None
 
 
 def _add_norm(x, h, weight, bias, eps, is_rms):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from llm_course.backends.checks import require_device, require_same_dtype
 from llm_course.device import check_triton_dtype, has_gpu
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -65,21 +66,10 @@ def check_tensor(
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:
-    """All the given tensors on one device (None stands for an absent optional tensor)."""
-    first = None  # a plain loop, no dicts or sets: every op call runs this on the host's time
-    for t in tensors.values():
-        if t is None:
-            continue
-        if first is None:
-            first = t.device
-        elif t.device != first:
-            desc = ", ".join(f"{n} on {t.device}" for n, t in tensors.items() if t is not None)
-            raise ValueError(f"{op}: inputs are on different devices ({desc})")
+    """All the given tensors on one device (None stands for an absent optional tensor): the op contract's own check."""
+    require_device(op, **tensors)
 
 
 def check_same_dtype(op: str, **tensors: torch.Tensor) -> None:
-    """All the given tensors of one dtype (None stands for an absent optional tensor)."""
-    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
-    if len(set(dtypes.values())) > 1:
-        desc = ", ".join(f"{n} {str(d).removeprefix('torch.')}" for n, d in dtypes.items())
-        raise TypeError(f"{op}: inputs have different dtypes ({desc})")
+    """All the given tensors of one dtype (None stands for an absent optional tensor): the op contract's own check."""
+    require_same_dtype(op, **tensors)

@@ -45,7 +45,6 @@ from triton import knobs  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 
 _CACHE: dict[tuple, tuple] = {}  # key -> (compiled kernel, values of the params after the positional ones, kernel)
-_DIRECT: list[bool] = [True]  # False once Triton's launcher refused the direct call (another Triton version)
 
 
 def _arg_key(a: object) -> object:
@@ -87,21 +86,18 @@ def launch(kernel, grid: tuple, *args, **meta):
     # alive, so its id cannot be given to another object while the entry exists.
     key = (id(kernel), device, *map(_arg_key, args), *meta.items())
     hit = _CACHE.get(key)
-    if hit is None or not _DIRECT[0]:
+    if hit is None:
         compiled = kernel[grid](*args, **meta)
         tail = _tail(kernel, len(args), meta)
-        if tail is not None and hasattr(compiled, "packed_metadata"):
+        if tail is not None and hasattr(compiled, "packed_metadata"):  # the launcher's arguments as below
             _CACHE[key] = (compiled, tail, kernel)
         return compiled
     compiled, tail, _ = hit
     values = (*args, *tail)
     stream = driver.active.get_current_stream(device)
     grid3 = (*grid, 1, 1)
-    try:  # what Triton's own launch does once it has the compiled kernel (runtime/jit.py, JITFunction.run)
-        compiled.run(grid3[0], grid3[1], grid3[2], stream, compiled.function, compiled.packed_metadata,
-                     compiled.launch_metadata(grid, stream, *values),
-                     knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *values)  # fmt: skip
-    except TypeError:  # a Triton whose launcher takes other arguments: the arguments are parsed before any launch
-        _DIRECT[0] = False
-        return kernel[grid](*args, **meta)
+    # what Triton's own launch does once it has the compiled kernel (runtime/jit.py, JITFunction.run)
+    compiled.run(grid3[0], grid3[1], grid3[2], stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata(grid, stream, *values),
+                 knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *values)  # fmt: skip
     return compiled
