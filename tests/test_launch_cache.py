@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from llm_course.backends.triton_ops import launch_cache
-from llm_course.backends.triton_ops.launch_cache import _arg_key, _tail, launch
+from llm_course.backends.triton_ops.launch_cache import _tail, call_key, launch
 from llm_course.device import configure_triton
 
 configure_triton()
@@ -30,6 +30,11 @@ def scale_kernel(x_ptr, y_ptr, n, alpha, BLOCK: tl.constexpr, SHIFT: tl.constexp
     tl.store(y_ptr + offs, (x * alpha + SHIFT).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def _arg_key(a):
+    """The part of a call's key that one argument gives (a one-argument call of a stand-in kernel)."""
+    return call_key(scale_kernel, 0, (a,), {})[2:]
+
+
 def test_the_key_tells_apart_what_triton_specializes_on():
     base = torch.zeros(64, dtype=torch.float16)
     assert _arg_key(base) == _arg_key(torch.zeros(64, dtype=torch.float16))
@@ -41,7 +46,10 @@ def test_the_key_tells_apart_what_triton_specializes_on():
     assert _arg_key(16 * 2**31) != _arg_key(16)  # int64, not int32
     assert _arg_key(2**64 - 16) != _arg_key(2**40)  # unsigned 64-bit
     assert _arg_key(0.5) == _arg_key(1e-5)  # floats are not specialized on their value
-    assert _arg_key(True) != _arg_key(1) and _arg_key(None) is None
+    meta = {"BLOCK": 128, "num_warps": 4}
+    assert call_key(scale_kernel, 0, (base, 4), meta) != call_key(scale_kernel, 1, (base, 4), meta)  # another GPU
+    assert call_key(scale_kernel, 0, (base, 4), meta) != call_key(scale_kernel, 0, (base, 4), {**meta, "BLOCK": 64})
+    assert _arg_key(True) != _arg_key(1) and _arg_key(None) == (None,)
 
 
 def test_the_params_after_the_positional_ones_come_from_meta_or_their_defaults():

@@ -47,15 +47,27 @@ from triton.runtime import driver  # noqa: E402
 _CACHE: dict[tuple, tuple] = {}  # key -> (compiled kernel, values of the params after the positional ones, kernel)
 
 
-def _arg_key(a: object) -> object:
-    """The part of the key for one runtime argument (see the table in the module docstring)."""
-    if isinstance(a, torch.Tensor):
-        return a.dtype, a.data_ptr() % 16 == 0
-    if type(a) is int:
-        return a == 1, a % 16 == 0, -(2**31) <= a < 2**31, a >= 2**63
-    if type(a) is float:
-        return float
-    return a
+def call_key(kernel, device: int, args: tuple, meta: dict) -> tuple:
+    """The cache key of one call (see the table in the module docstring).
+
+    One plain loop over the arguments: this runs at every launch, and a function call
+    per argument would cost the host more than the comparisons themselves.
+    """
+    # id(kernel), not the kernel: hashing a JITFunction hashes its source. The entry keeps the kernel
+    # alive, so its id cannot be given to another object while the entry exists.
+    key = [id(kernel), device]
+    for a in args:
+        kind = type(a)
+        if kind is int:
+            key.append((a == 1, a & 15 == 0, -0x80000000 <= a < 0x80000000, a >= 0x8000000000000000))
+        elif kind is float:
+            key.append(float)
+        elif isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.data_ptr() & 15 == 0))
+        else:
+            key.append(a)
+    key.extend(meta.items())
+    return tuple(key)
 
 
 def _tail(kernel, n_positional: int, meta: dict) -> tuple | None:
@@ -82,9 +94,7 @@ def launch(kernel, grid: tuple, *args, **meta):
     if is_interpreter():
         return kernel[grid](*args, **meta)
     device = torch.cuda.current_device()  # Triton launches on the current device, as here
-    # id(kernel), not the kernel: hashing a JITFunction hashes its source. The entry keeps the kernel
-    # alive, so its id cannot be given to another object while the entry exists.
-    key = (id(kernel), device, *map(_arg_key, args), *meta.items())
+    key = call_key(kernel, device, args, meta)
     hit = _CACHE.get(key)
     if hit is None:
         compiled = kernel[grid](*args, **meta)
