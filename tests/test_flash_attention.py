@@ -149,6 +149,61 @@ def test_reachable_through_ops_with_the_triton_backend(rng):
     assert_close(got, expected, hint="ops.attention under the triton backend differs from the torch backend")
 
 
+# --- the TMA loads (Hopper and newer) ------------------------------------------------------
+
+
+def _descriptors_anyway(k, v):
+    """``tma_descriptors`` without its checks of the machine: the interpreter runs the TMA branch too.
+
+    The block shape is left wrong on purpose: the autotuner's pre-hook must set it to the config's.
+    """
+    block = [1, 1, 8, k.shape[-1]]
+    return fa.TensorDescriptor.from_tensor(k, block), fa.TensorDescriptor.from_tensor(v, block)
+
+
+TMA_CASES = [
+    pytest.param(2, 4, 2, 5, 67, 16, True, None, id="causal-T5-S67-gqa2"),  # rows past S: zeros from the copy
+    pytest.param(1, 8, 1, 20, 29, 16, False, None, id="noncausal-gqa8-T20-S29"),
+    pytest.param(1, 2, 1, 67, 5, 16, True, None, id="causal-T67-S5-empty-rows"),
+    pytest.param(1, 2, 1, 40, 45, 16, False, 9, id="noncausal-window9"),
+]
+
+
+@pytest.mark.skipif(fa.TensorDescriptor is None, reason="this Triton has no tensor descriptors")
+@pytest.mark.parametrize("B, Hq, Hkv, T, S, D, causal, window", TMA_CASES)
+def test_the_tma_branch_matches_the_reference(rng, monkeypatch, B, Hq, Hkv, T, S, D, causal, window):
+    """The kernel's TMA loads (the path an H100 or H200 takes) give the pointer loads' answer, on any machine."""
+    monkeypatch.setattr(fa, "tma_descriptors", _descriptors_anyway)
+    q, k, v, do = _inputs(rng, B, Hq, Hkv, T, S, D, torch.float32)
+    _check_fwd_bwd(q, k, v, do, causal=causal, window=window)
+
+
+@pytest.mark.skipif(fa.TensorDescriptor is None, reason="this Triton has no tensor descriptors")
+def test_the_tma_branch_with_padding_and_heads_split_layout(rng, monkeypatch):
+    """Padding keys' values (NaN here) never reach an output; k, v stored (B, S, H, D) as models make them."""
+    monkeypatch.setattr(fa, "tma_descriptors", _descriptors_anyway)
+    q, k, v, do = _inputs(rng, 2, 4, 2, 21, 37, 16, torch.float32)
+    k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
+    mask = (torch.rand(2, 37, generator=rng) > 0.3).to(q.device)
+    v = v.masked_fill(~mask[:, None, :, None], float("nan"))
+    out = fa.attention(q, k, v, causal=False, key_padding_mask=mask)
+    ref = reference_attention(q.double(), k.double(), v.double().nan_to_num(), causal=False, key_padding_mask=mask)
+    assert_close(out, ref, hint="the TMA branch with a padding mask differs from the reference", **_tol(q.dtype)[0])
+
+
+def test_tma_needs_16_byte_strides_and_start():
+    """Layouts the TMA cannot copy are left to the pointer loads."""
+    x = torch.zeros(2, 4, 64, 65)
+    assert fa._tma_layout_ok(torch.zeros(2, 4, 64, 64))
+    assert fa._tma_layout_ok(torch.zeros(2, 64, 4, 64).transpose(1, 2))  # heads split from a projection
+    assert not fa._tma_layout_ok(x[..., :64])  # rows 65 floats apart: not a multiple of 16 bytes
+    assert not fa._tma_layout_ok(torch.zeros(2 * 4 * 64 * 64 + 1)[1:].view(2, 4, 64, 64))  # start 4 bytes off
+    assert not fa._tma_layout_ok(torch.zeros(2, 1, 64, 64).expand(2, 4, 64, 64))  # a broadcast head (stride 0)
+    assert not fa._tma_layout_ok(torch.zeros(2, 4, 64, 64).transpose(2, 3))  # columns, not rows, of stride 1
+    if not torch.cuda.is_available():
+        assert fa.tma_descriptors(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)) is None
+
+
 # --- clear errors -----------------------------------------------------------------------
 
 
@@ -257,6 +312,23 @@ def test_gpu_gqa_ragged_and_window(rng, Hq, Hkv, T, S, window):
     assert _rel_err(out, ref) < 2e-3, "fp16 output differs from the reference"
     for name, leaf, r in zip(("dq", "dk", "dv"), leaves, refs):
         assert _rel_err(leaf.grad, r.grad) < 5e-3, f"fp16 {name} differs from the reference"
+
+
+@pytest.mark.gpu
+def test_gpu_hopper_takes_the_tma_path_and_a_misaligned_layout_does_not(rng):
+    """On a GPU of compute capability 9 or more, head dim 128 in the usual layouts gets TMA descriptors; both paths agree."""
+    q, k, v, _ = _inputs(rng, 2, 8, 2, 1000, 1000, 128, torch.bfloat16)
+    tma = torch.cuda.get_device_capability()[0] >= 9 and fa.TensorDescriptor is not None
+    assert (fa.tma_descriptors(k, v) is not None) == tma
+    base = torch.randn(2, 2, 1000, 129, device=k.device, dtype=k.dtype)
+    k2, v2 = base[..., 1:], base.flip(0)[..., :128]  # rows 258 bytes apart: the pointer loads
+    k2.copy_(k)
+    v2.copy_(v)
+    assert fa.tma_descriptors(k2, v2) is None
+    assert fa.tma_descriptors(k[..., :64], v[..., :64]) is None  # head dim 64: the pointer loads are faster
+    for causal in (False, True):
+        fast, slow = fa.attention(q, k, v, causal=causal), fa.attention(q, k2, v2, causal=causal)
+        assert _rel_err(fast, slow.float()) < 1e-2, "the TMA and the pointer loads disagree"
 
 
 @pytest.mark.gpu
