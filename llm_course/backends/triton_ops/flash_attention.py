@@ -224,7 +224,6 @@ REPAIR_ROWS, REPAIR_BLOCK = 1024, 64
 REPAIR_ROWS_INTERPRETER, REPAIR_BLOCK_INTERPRETER = 64, 16  # on the CPU: small, so that tests reach every path
 
 
-
 def _tma_block_shapes(nargs: dict) -> None:
     """Autotune pre-hook: the K and V descriptors copy blocks of the config about to run.
 
@@ -343,9 +342,10 @@ def tma_descriptors(k: torch.Tensor, v: torch.Tensor) -> tuple[object, object] |
     overlaps the math of this one. The descriptor records the tensor's shape and strides;
     the kernel asks for block (b, kv head, first key, 0).
 
-    Measured on an H200 (``results/h200/flash_fwd_tma*``), the head-dim-128 forward gets
-    faster by up to 15%, where its (BLOCK_N, 128) blocks weigh on the registers the most;
-    at head dim 64 the pointer loads were 1-5% faster, so only head dim 128 uses the TMA.
+    Measured on an H200 (``results/h200/flash_fwd_tma*``, ``attention_tma*``): the head-dim-128
+    forward, whose (BLOCK_N, 128) blocks weigh on the registers the most, got 3-16% faster in
+    most cases (one same-run A/B lost 12%, at T = 1024 causal); at head dim 64 the pointer
+    loads were 1-5% faster, so only head dim 128 uses the TMA.
 
     None (the kernel's pointer loads) for other head dims, without a GPU of capability 9 or
     more, under the interpreter, with a Triton too old to have descriptors, or when a layout
