@@ -246,9 +246,8 @@ def split_plan(B: int, Hkv: int, S: int, device: torch.device, D: int = 128) -> 
     if is_interpreter() or not is_gpu(device):
         target, min_split, align = 8, 32, 16
     else:
-        index = device.index if device.index is not None else torch.cuda.current_device()
         per_sm = max(1, PROGRAMS_PER_SM_D128 * 128 // max(16, next_power_of_2(D)))
-        target, min_split, align = per_sm * sm_count(index), MIN_SPLIT, 64
+        target, min_split, align = per_sm * sm_count(device), MIN_SPLIT, 64
     splits = max(1, min(MAX_SPLITS, round(target / max(1, B * Hkv))))  # target / programs per split, rounded
     split_size = max(min_split, -(-S // splits))
     split_size = -(-split_size // align) * align

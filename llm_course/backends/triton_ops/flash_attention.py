@@ -79,7 +79,7 @@ from llm_course.backends.triton_ops.flash_common import (  # noqa: E402
     key_range,
     seq_bucket,
 )
-from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
+from llm_course.backends.triton_ops.launch import cdiv, compute_capability  # noqa: E402
 from llm_course.device import autotune_configs, is_interpreter  # noqa: E402
 
 try:  # Triton 3.4 and newer: descriptors built on the host, for loads by the tensor memory accelerator
@@ -324,7 +324,6 @@ def _flash_fwd_kernel(
 # --- 2. the launcher -----------------------------------------------------------------------
 
 TMA_HEAD_DIM = 128  # the head dim whose forward loads K and V through the TMA (see tma_descriptors)
-_CAPABILITY: dict[int, tuple[int, int]] = {}
 
 
 def _tma_layout_ok(t: torch.Tensor) -> bool:
@@ -353,10 +352,7 @@ def tma_descriptors(k: torch.Tensor, v: torch.Tensor) -> tuple[object, object] |
     """
     if k.shape[-1] != TMA_HEAD_DIM or TensorDescriptor is None or is_interpreter() or not k.is_cuda:
         return None
-    index = k.device.index if k.device.index is not None else torch.cuda.current_device()
-    if index not in _CAPABILITY:
-        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
-    if _CAPABILITY[index][0] < 9 or not (_tma_layout_ok(k) and _tma_layout_ok(v)):
+    if compute_capability(k.device)[0] < 9 or not (_tma_layout_ok(k) and _tma_layout_ok(v)):
         return None
     block = [1, 1, 16, k.shape[-1]]  # a placeholder: the autotuner's pre-hook sets each config's block
     return TensorDescriptor.from_tensor(k, block), TensorDescriptor.from_tensor(v, block)

@@ -18,7 +18,7 @@ A vector or a gradient that a kernel reads with a last-dim stride of 1, copied o
 
     w = last_dim_contiguous(weight)
 
-Settings that ask the device (its number of SMs) are cached: they cost nothing
+Settings that ask the device (its number of SMs, its compute capability) are cached: they cost nothing
 after the first call. The host-side arithmetic is plain Python (``cdiv``,
 ``next_power_of_2`` below): Triton's helpers of the same names are made to be
 called inside kernels too, and cost microseconds each when called from the host.
@@ -85,18 +85,30 @@ def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-_SM_COUNTS: dict[int, int] = {}
+_GPU_FACTS: dict[int, tuple[int, int, int]] = {}  # device index -> (SMs, compute capability major, minor)
 
 
-def sm_count(device_index: int) -> int:
-    """The number of streaming multiprocessors of GPU ``device_index`` (asked once).
+def _gpu_facts(device: torch.device) -> tuple[int, int, int]:
+    """What the launch settings ask of a GPU, asked once per device (``device.index`` None: the current one).
 
-    A plain dict, not ``functools.lru_cache``: ``torch.compile`` traces through this function when
+    A plain dict of ints, not ``functools.lru_cache``: ``torch.compile`` traces through this when
     it compiles a model that launches the course's kernels, and cannot trace an lru_cache wrapper.
     """
-    if device_index not in _SM_COUNTS:
-        _SM_COUNTS[device_index] = torch.cuda.get_device_properties(device_index).multi_processor_count
-    return _SM_COUNTS[device_index]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _GPU_FACTS:
+        props = torch.cuda.get_device_properties(index)
+        _GPU_FACTS[index] = (props.multi_processor_count, props.major, props.minor)
+    return _GPU_FACTS[index]
+
+
+def sm_count(device: torch.device) -> int:
+    """The number of streaming multiprocessors of a GPU."""
+    return _gpu_facts(device)[0]
+
+
+def compute_capability(device: torch.device) -> tuple[int, int]:
+    """A GPU's compute capability, e.g. (9, 0) for Hopper (H100, H200)."""
+    return _gpu_facts(device)[1:]
 
 
 def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> tuple[int, int]:
@@ -109,8 +121,7 @@ def backward_programs(n_rows: int, num_warps: int, device: torch.device) -> tupl
     if is_interpreter() or not is_gpu(device):
         most = 4
     else:
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        most = sm_count(index) * max(1, 16 // num_warps)
+        most = sm_count(device) * max(1, 16 // num_warps)
     rows_per_program = max(1, cdiv(n_rows, max(1, min(n_rows, most))))
     return cdiv(n_rows, rows_per_program), rows_per_program
 
