@@ -213,3 +213,30 @@ def test_the_declared_check_runs_before_every_backend(backend, monkeypatch):
     assert calls == [(2, 8)]
     with use_backend(backend), pytest.raises(ValueError, match=r"rms_norm: weight has shape \(3,\), expected \(8,\)"):
         ops.rms_norm(x, torch.ones(3, device=x.device))  # the same message whatever the backend
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"])
+def test_an_ops_call_checks_its_inputs_once(backend, name, monkeypatch):
+    """The Triton norms run the op's check themselves (a direct call is checked too), so llm_course.ops skips
+    its own; every other implementation gets it from llm_course.ops. Either way: once per call, not twice."""
+    from llm_course.backends import checks
+
+    calls = []
+    spec = getattr(ops, name).spec
+    original = getattr(checks, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(spec, "check", counted)  # what llm_course.ops runs
+    monkeypatch.setattr(checks, name, counted)  # what a Triton entry point runs
+    dev = get_device()
+    x, w = torch.randn(3, 8, device=dev), torch.ones(8, device=dev)
+    args = {"layer_norm": (x, w, None), "rms_norm": (x, w),
+            "add_layer_norm": (x, x, w, None), "add_rms_norm": (x, x, w)}[name]  # fmt: skip
+    with use_backend(backend):
+        getattr(ops, name)(*args)
+    assert calls == [name], f"{backend} {name}: the op's check ran {len(calls)} times"
+    assert getattr(implementation(name, "triton"), "checks_own_inputs", False), f"triton {name} is not marked"

@@ -161,7 +161,7 @@ def test_layers_hold_hugging_face_parameters_and_switch_backends(rng):
         (lambda: (torch.ones(4, 8, dtype=torch.int32), torch.ones(8)), "{op}: x has dtype int32"),
         (lambda: (torch.ones(4, 8, dtype=torch.float64), torch.ones(8, dtype=torch.float64)), "{op}: x has dtype float64"),
         (lambda: (torch.ones(4, 8), torch.ones(7)), r"{op}: weight has shape \(7,\)"),
-        (lambda: (torch.ones(4, 8), torch.ones(2, 4)), "{op}: weight must have 1 dimensions"),
+        (lambda: (torch.ones(4, 8), torch.ones(2, 4)), r"{op}: weight has shape \(2, 4\), expected \(8,\)"),
         (lambda: (torch.ones(2, 70_000), torch.ones(70_000)), "{op}: rows of 70000 elements are too long"),
     ],
 )

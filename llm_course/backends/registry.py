@@ -10,6 +10,10 @@ implementations, the learner's exercise that implements it, and its input check:
     def rms_norm(x, weight, eps=1e-6):
         \"\"\"RMSNorm over the last dimension ...\"\"\"
 
+``llm_course.ops.rms_norm(...)`` runs the check, then the backend's implementation.
+An implementation that runs the check itself, so that a direct call of it is checked
+too, is marked with :func:`checks_own_inputs`, and the check then runs once, not twice.
+
 Each backend runs the same signature:
 
 * ``"torch"``     -- the pure-PyTorch reference (``llm_course/backends/torch_ops/``);
@@ -119,16 +123,31 @@ def op(
 
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            if spec.check is not None:
+            impl = implementation(spec.name)
+            if spec.check is not None and not getattr(impl, "checks_own_inputs", False):
                 spec.check(*args, **kwargs)
             if spec.autocast:
                 args, kwargs = autocast_inputs(args, kwargs)
-            return implementation(spec.name)(*args, **kwargs)
+            return impl(*args, **kwargs)
 
         run.spec = spec
         return run
 
     return decorate
+
+
+def checks_own_inputs(fn: Callable) -> Callable:
+    """Mark an implementation that runs its op's whole check itself: the registry then skips its own.
+
+    A Triton entry point such as ``triton_ops.layernorm.layer_norm`` is public: called
+    directly, it must refuse a bad input as clearly as ``llm_course.ops.layer_norm`` does,
+    so it runs the op's check (``llm_course/backends/checks.py``) and then its kernels'
+    own (``triton_ops/checks.py``). Through ``llm_course.ops`` the op's check would then
+    run twice; a check is host time at every call of every layer, so the entry point
+    says, with this mark, that it needs no check before it.
+    """
+    fn.checks_own_inputs = True
+    return fn
 
 
 def declare(
@@ -339,8 +358,9 @@ def _resolve(op: str, backend: str) -> Callable:
 def dispatch(op: str, *args, **kwargs):
     """Call ``op`` with the backend in force (its check first), like ``llm_course.ops.<op>(...)``."""
     spec = _spec(op)
-    if spec.check is not None:
+    impl = implementation(op)
+    if spec.check is not None and not getattr(impl, "checks_own_inputs", False):
         spec.check(*args, **kwargs)
     if spec.autocast:
         args, kwargs = autocast_inputs(args, kwargs)
-    return implementation(op)(*args, **kwargs)
+    return impl(*args, **kwargs)

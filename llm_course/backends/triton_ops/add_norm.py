@@ -38,10 +38,12 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
-    as_rows, backward_programs, backward_stages, block_config, from_rows,
+    as_rows, backward_programs, backward_stages, block_config, from_rows, last_dim_contiguous,
 )
 from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
 from llm_course.backends.triton_ops.layernorm import norm_row_backward, normalize_row  # noqa: E402
@@ -116,20 +118,17 @@ def add_norm_bwd_kernel(
 # --- launchers ---------------------------------------------------------------------------
 
 
-def _check(op: str, x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    check_tensor(op, "x", x)
+def _check(op: str, x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           eps: float) -> None:  # fmt: skip
+    if op == "add_rms_norm":  # the op's check: shapes that agree, one device, float dtypes, eps
+        contract.add_rms_norm(x, h, weight, eps)
+    else:
+        contract.add_layer_norm(x, h, weight, bias, eps)
+    check_tensor(op, "x", x)  # and the kernels' own: a device Triton runs on, a dtype they support
     check_tensor(op, "h", h)
-    check_tensor(op, "weight", weight, ndim=1)
+    check_tensor(op, "weight", weight)
     if bias is not None:
-        check_tensor(op, "bias", bias, ndim=1)
-    check_same_device(op, x=x, h=h, weight=weight, bias=bias)
-    if h.shape != x.shape:
-        raise ValueError(f"{op}: h has shape {tuple(h.shape)} but x has shape {tuple(x.shape)}; they are added")
-    n = x.shape[-1] if x.dim() else None
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.shape[0] != n:
-            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)} but x has shape {tuple(x.shape)}; "
-                             f"{name}'s length must be x's last dimension")  # fmt: skip
+        check_tensor(op, "bias", bias)
 
 
 def _op(is_rms: bool) -> str:
@@ -141,14 +140,14 @@ def add_norm_forward(x, h, weight, bias, eps: float, is_rms: bool):
     M, N = x.shape
     s = torch.empty((M, N), dtype=x.dtype, device=x.device)
     y = torch.empty((M, N), dtype=h.dtype, device=x.device)
-    mean = torch.zeros(M, dtype=torch.float32, device=x.device)
+    mean = torch.empty(M, dtype=torch.float32, device=x.device)  # (the kernel writes it, 0 for RMSNorm)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
-    if M == 0 or N == 0:  # rows of no elements: rstd as for a variance of 0
-        return s, y, mean, rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
+    if M == 0 or N == 0:  # rows of no elements: mean 0, rstd as for a variance of 0
+        return s, y, mean.zero_(), rstd.fill_(eps**-0.5 if eps > 0 else float("inf"))
     block, num_warps = block_config(_op(is_rms), N, MAX_FUSED_SIZE)
-    w = weight.contiguous()
+    w = last_dim_contiguous(weight)
     launch(
-        add_norm_fwd_kernel, (M,), x, h, w, bias.contiguous() if bias is not None else w, s, y, mean, rstd,
+        add_norm_fwd_kernel, (M,), x, h, w, last_dim_contiguous(bias) if bias is not None else w, s, y, mean, rstd,
         x.stride(0), h.stride(0), s.stride(0), y.stride(0), N, 1.0 / N, eps,
         IS_RMS=is_rms, HAS_BIAS=bias is not None, BLOCK_SIZE=block, num_warps=num_warps,
     )  # fmt: skip
@@ -169,7 +168,7 @@ def add_norm_backward(ds, dy, s, weight, bias, mean, rstd, h_dtype: torch.dtype,
     # partial sums: [0] dweight, [1] dbias, one row per program; one .sum() reduces both
     partial = torch.empty((2 if has_bias else 1, programs, N), dtype=torch.float32, device=s.device)
     launch(
-        add_norm_bwd_kernel, (programs,), dy, ds, s, weight.contiguous(), mean, rstd, dx, dh, partial[0], partial[-1],
+        add_norm_bwd_kernel, (programs,), dy, ds, s, last_dim_contiguous(weight), mean, rstd, dx, dh, partial[0], partial[-1],
         dy.stride(0), ds.stride(0), s.stride(0), dx.stride(0), dh.stride(0),
         M, N, 1.0 / N, rows_per_program,
         IS_RMS=is_rms, HAS_BIAS=has_bias, BLOCK_SIZE=block, NUM_STAGES=backward_stages(block, s.element_size()), num_warps=num_warps,
@@ -196,18 +195,20 @@ class AddNormFunction(torch.autograd.Function):
 
 
 def _add_norm(x, h, weight, bias, eps, is_rms):
-    _check(_op(is_rms), x, h, weight, bias)  # once, here: the launchers trust their inputs
+    _check(_op(is_rms), x, h, weight, bias, eps)  # once, here: the launchers trust their inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.add_norm(x, h, weight, bias, eps, is_rms)
     return AddNormFunction.apply(x, h, weight, bias, eps, is_rms)
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(x + h, layer_norm(x + h)) in one pass: x, h (..., N) -> s in x's dtype, y in h's dtype."""
     return _add_norm(x, h, weight, bias, eps, False)
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def add_rms_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
                  eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(x + h, rms_norm(x + h)) in one pass: x, h (..., N) -> s in x's dtype, y in h's dtype."""

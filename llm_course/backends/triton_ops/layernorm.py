@@ -45,7 +45,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
     as_rows, backward_programs, backward_stages, block_config, from_rows, last_dim_contiguous,
@@ -147,19 +149,12 @@ def layernorm_bwd_kernel(
 # --- launchers ---------------------------------------------------------------------------
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    check_tensor(OP, "x", x)
-    check_tensor(OP, "weight", weight, ndim=1)
-    check_same_device(OP, x=x, weight=weight, bias=bias)
-    n = x.shape[-1] if x.dim() else None
-    if weight.shape[0] != n:
-        raise ValueError(f"{OP}: weight has shape {tuple(weight.shape)} but x has shape {tuple(x.shape)}; "
-                         "weight's length must be x's last dimension")  # fmt: skip
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> None:
+    contract.layer_norm(x, weight, bias, eps)  # the op's check: shapes that agree, one device, float dtypes, eps
+    check_tensor(OP, "x", x)  # and the kernels' own: a device Triton runs on, a dtype they support
+    check_tensor(OP, "weight", weight)
     if bias is not None:
-        check_tensor(OP, "bias", bias, ndim=1)
-        if bias.shape[0] != n:
-            raise ValueError(f"{OP}: bias has shape {tuple(bias.shape)} but x has shape {tuple(x.shape)}; "
-                             "bias's length must be x's last dimension")  # fmt: skip
+        check_tensor(OP, "bias", bias)
 
 
 def layernorm_forward(
@@ -232,9 +227,10 @@ class LayerNormFunction(torch.autograd.Function):
         return from_rows(dx, dy.shape), dw, db, None
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm over the last dim with the Triton kernels; differentiable. x (..., N), weight, bias (N,) or None."""
-    _check(x, weight, bias)  # once, here: the launchers trust their inputs
+    _check(x, weight, bias, eps)  # once, here: the launchers trust their inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.layer_norm(x, weight, bias, eps)
     return LayerNormFunction.apply(x, weight, bias, eps)

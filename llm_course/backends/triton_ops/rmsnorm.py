@@ -35,7 +35,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
     as_rows, backward_programs, backward_stages, block_config, from_rows, last_dim_contiguous,
@@ -93,13 +95,10 @@ def rmsnorm_bwd_kernel(
 # --- launchers ---------------------------------------------------------------------------
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
-    check_tensor(OP, "x", x)
-    check_tensor(OP, "weight", weight, ndim=1)
-    check_same_device(OP, x=x, weight=weight)
-    if x.dim() == 0 or weight.shape[0] != x.shape[-1]:
-        raise ValueError(f"{OP}: weight has shape {tuple(weight.shape)} but x's last dimension is "
-                         f"{x.shape[-1] if x.dim() else 'missing'} (shape {tuple(x.shape)}); they must match")  # fmt: skip
+def _check(x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
+    contract.rms_norm(x, weight, eps)  # the op's check: shapes that agree, one device, float dtypes, eps
+    check_tensor(OP, "x", x)  # and the kernels' own: a device Triton runs on, a dtype they support
+    check_tensor(OP, "weight", weight)
 
 
 def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,9 +155,10 @@ class RMSNormFunction(torch.autograd.Function):
         return from_rows(dx, dy.shape), dw, None
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dim with the Triton kernels; differentiable. x (..., N), weight (N,)."""
-    _check(x, weight)  # once, here: the launchers trust their inputs
+    _check(x, weight, eps)  # once, here: the launchers trust their inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.rms_norm(x, weight, eps)
     return RMSNormFunction.apply(x, weight, eps)
