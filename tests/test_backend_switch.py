@@ -204,9 +204,12 @@ def test_the_exercises_backend_takes_its_answers_from_a_registered_source(monkey
 
 @pytest.mark.parametrize("backend", ["torch", "triton", "exercises"])
 def test_the_declared_check_runs_before_every_backend(backend, monkeypatch):
+    from llm_course.backends import checks
+
     calls = []
     spec = ops.softmax.spec
     monkeypatch.setattr(spec, "check", lambda x: calls.append(tuple(x.shape)))
+    monkeypatch.setattr(checks, "softmax", spec.check)  # what the Triton softmax (checks_own_inputs) runs itself
     x = torch.zeros(2, 8, device=get_device())
     with use_backend(backend):
         ops.softmax(x)
@@ -215,11 +218,42 @@ def test_the_declared_check_runs_before_every_backend(backend, monkeypatch):
         ops.rms_norm(x, torch.ones(3, device=x.device))  # the same message whatever the backend
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"])
-def test_an_ops_call_checks_its_inputs_once(backend, name, monkeypatch):
-    """The Triton norms run the op's check themselves (a direct call is checked too), so llm_course.ops skips
-    its own; every other implementation gets it from llm_course.ops. Either way: once per call, not twice."""
+def _valid_args(name: str, dev: torch.device) -> tuple:
+    """Small valid arguments for ``ops.<name>`` on ``dev`` (integer tensors built as such)."""
+    x, w, b = torch.randn(3, 8, device=dev), torch.ones(8, device=dev), torch.zeros(5, device=dev)
+    wide = torch.randn(5, 8, device=dev)  # a (N, K) weight, or a (V, C) table
+    targets = torch.tensor([0, 4, 2], device=dev)  # int64 class indices
+    cos, sin = torch.randn(4, 16, device=dev), torch.randn(4, 16, device=dev)
+    q, cache = torch.randn(2, 4, 1, 16, device=dev), torch.randn(2, 2, 24, 16, device=dev)
+    return {
+        "layer_norm": (x, w, None),
+        "rms_norm": (x, w),
+        "add_layer_norm": (x, x, w, None),
+        "add_rms_norm": (x, x, w),
+        "add": (x, x),
+        "softmax": (x,),
+        "linear": (x, wide, b),
+        "apply_rope": (torch.randn(1, 2, 4, 16, device=dev), cos, sin),
+        "embedding": (torch.tensor([[0, 4], [2, 2]], device=dev), wide),
+        "gelu_tanh": (x,),
+        "silu_mul": (x, x),
+        "cross_entropy": (torch.randn(3, 5, device=dev), targets),
+        "fused_linear_cross_entropy": (x, wide, targets, b),
+        "qkv_attention": (torch.randn(1, 4, 96, device=dev), 2),  # 2 heads of 16
+        "decode_attention": (q, cache, cache, torch.tensor([3, 24], dtype=torch.int32, device=dev)),
+    }[name]
+
+
+# The ops whose Triton entry point runs the op's check itself (marked checks_own_inputs). Not here:
+# matmul (llm_course.ops checks a and b before autocast casts them to one dtype: the check refuses two),
+# attention (flash_attention.py checks its inputs its own way).
+CHECKED_ONCE = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "add", "softmax", "linear", "apply_rope",
+                "embedding", "gelu_tanh", "silu_mul", "cross_entropy", "fused_linear_cross_entropy", "qkv_attention",
+                "decode_attention"]  # fmt: skip
+
+
+def _count_checks(name: str, monkeypatch) -> list:
+    """Count every run of the op's check, whoever runs it; the list it appends to."""
     from llm_course.backends import checks
 
     calls = []
@@ -232,11 +266,41 @@ def test_an_ops_call_checks_its_inputs_once(backend, name, monkeypatch):
 
     monkeypatch.setattr(spec, "check", counted)  # what llm_course.ops runs
     monkeypatch.setattr(checks, name, counted)  # what a Triton entry point runs
-    dev = get_device()
-    x, w = torch.randn(3, 8, device=dev), torch.ones(8, device=dev)
-    args = {"layer_norm": (x, w, None), "rms_norm": (x, w),
-            "add_layer_norm": (x, x, w, None), "add_rms_norm": (x, x, w)}[name]  # fmt: skip
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", CHECKED_ONCE)
+def test_an_ops_call_checks_its_inputs_once(backend, name, monkeypatch):
+    """These Triton entry points run the op's check themselves (a direct call is checked too), so llm_course.ops
+    skips its own; every other implementation gets it from llm_course.ops. Either way: once per call, not twice."""
+    calls = _count_checks(name, monkeypatch)
+    args = _valid_args(name, get_device())
     with use_backend(backend):
         getattr(ops, name)(*args)
     assert calls == [name], f"{backend} {name}: the op's check ran {len(calls)} times"
     assert getattr(implementation(name, "triton"), "checks_own_inputs", False), f"triton {name} is not marked"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_linear_under_autocast_is_checked_once_and_as_before(backend, monkeypatch):
+    """linear is an autocast op: llm_course.ops casts its inputs (autocast_inputs) and then, for the marked Triton
+    linear, the check runs on the cast inputs, not before the cast. Nothing changes for that: inputs of two dtypes
+    are still taken (autocast makes them one), and a bad input is refused with the same error on both backends,
+    a meta tensor included (autocast has no state to ask for the meta device)."""
+    dev = get_device()
+    x, w = torch.randn(3, 8, device=dev), torch.randn(5, 8, device=dev)
+    calls = _count_checks("linear", monkeypatch)
+    with use_backend(backend), torch.autocast(dev.type, dtype=torch.float16):
+        assert ops.linear(x, w.half()).dtype == torch.float16  # two dtypes: cast to one, then multiplied
+        assert calls == ["linear"], f"{backend} linear under autocast: the op's check ran {len(calls)} times"
+        bad = [
+            ((torch.empty(3, 8, device="meta"), w), ValueError, r"^linear: x is on the meta device"),
+            ((x, torch.empty(5, 8, device="meta")), ValueError, r"^linear: weight is on the meta device"),
+            ((torch.ones(3, 8, dtype=torch.int64, device=dev), w), TypeError, r"^linear: x has dtype int64"),
+            ((x, torch.randn(5, 7, device=dev)), ValueError, r"^linear: x has 8 features"),
+            ((x, w, torch.zeros(4, device=dev)), ValueError, r"^linear: bias has shape \(4,\), expected \(5,\)"),
+        ]
+        for args, error, pattern in bad:
+            with pytest.raises(error, match=pattern):
+                ops.linear(*args)

@@ -72,17 +72,18 @@ def test_add_out_argument(rng):
     [
         (lambda: (torch.ones(4, dtype=torch.int32), torch.ones(4, dtype=torch.int32)), "add: x has dtype int32"),
         (lambda: (torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)), "add: x has dtype float64"),
-        (lambda: (torch.ones(4), torch.ones(5)), r"add: x has shape \(4,\) but y has shape \(5,\)"),
+        (lambda: (torch.ones(4), torch.ones(5)), r"add: inputs must have the same shape, got x \(4,\), y \(5,\)"),
         (lambda: (torch.ones(4), torch.ones(4, dtype=torch.float16)), "add: inputs have different dtypes"),
         (lambda: ([1.0], torch.ones(1)), "add: x must be a torch.Tensor"),
     ],
 )
-def test_add_errors_name_the_op(make, match):
+@pytest.mark.parametrize("entry", ["add", "add_forward"])  # the entry point, and the public launcher
+def test_add_errors_name_the_op(make, match, entry):
     x, y = make()
     if isinstance(x, torch.Tensor):
         x, y = x.to(get_device()), y.to(get_device())
     with pytest.raises((TypeError, ValueError), match=match):
-        _triton().add(x, y)
+        getattr(_triton(), entry)(x, y)
 
 
 @pytest.mark.skipif(has_gpu(), reason="the interpreter's bfloat16 trap exists only without a GPU")

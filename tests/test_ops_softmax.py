@@ -119,9 +119,10 @@ def test_strided_and_expanded_inputs(rng):
         (torch.tensor(1.0), "softmax: x must have at least one dimension"),
     ],
 )
-def test_softmax_errors_name_the_op(x, match):
+@pytest.mark.parametrize("entry", ["softmax", "softmax_forward"])  # the entry point, and the public launcher
+def test_softmax_errors_name_the_op(x, match, entry):
     with pytest.raises((TypeError, ValueError), match=match):
-        _kernels().softmax(x.to(get_device()))
+        getattr(_kernels(), entry)(x.to(get_device()))
 
 
 @pytest.mark.skipif(has_gpu(), reason="the interpreter's bfloat16 trap exists only without a GPU")

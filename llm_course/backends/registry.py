@@ -180,11 +180,15 @@ def autocast_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     cast a Triton ``linear`` would receive the float32 master weights and activations and
     multiply in float32, many times slower than bf16 on the tensor cores. The cast is an
     ordinary differentiable op, so the gradients still reach the float32 weights.
+
+    For an implementation marked :func:`checks_own_inputs` the cast comes before the op's
+    check, so the inputs may be bad ones: a tensor on the ``meta`` device (autocast has no
+    state to ask for it) is left alone, for the check to refuse it by name.
     """
     import torch  # already imported by anything that runs an op
 
     first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-    if first is None or not torch.is_autocast_enabled(first.device.type):
+    if first is None or first.device.type == "meta" or not torch.is_autocast_enabled(first.device.type):
         return args, kwargs
     dtype = torch.get_autocast_dtype(first.device.type)
 

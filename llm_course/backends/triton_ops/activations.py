@@ -41,7 +41,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
 from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
@@ -193,22 +195,22 @@ class SiluMulFunction(torch.autograd.Function):
 # --- the ops: inputs checked here, once ----------------------------------------------------
 
 
+@checks_own_inputs  # llm_course.ops does not check again what is checked here
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation, with the Triton kernels; differentiable. x (...) -> (...)."""
-    check_tensor("gelu_tanh", "x", x)
+    contract.gelu_tanh(x)  # the op's check: a floating-point tensor holding data
+    check_tensor("gelu_tanh", "x", x)  # and the kernels' own: a device Triton runs on, a dtype they support
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.gelu_tanh(x)
     return GeluTanhFunction.apply(x)
 
 
+@checks_own_inputs  # llm_course.ops does not check again what is checked here
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` with the Triton kernels; differentiable. gate, up (...) same shape -> (...)."""
-    check_tensor("silu_mul", "gate", gate)
+    contract.silu_mul(gate, up)  # the op's check: tensors of one shape, dtype and device, floating point
+    check_tensor("silu_mul", "gate", gate)  # and the kernels' own: a device Triton runs on, a dtype they support
     check_tensor("silu_mul", "up", up)
-    check_same_device("silu_mul", gate=gate, up=up)
-    check_same_dtype("silu_mul", gate=gate, up=up)
-    if gate.shape != up.shape:
-        raise ValueError(f"silu_mul: gate has shape {tuple(gate.shape)} but up has shape {tuple(up.shape)}; they must match")
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.silu_mul(gate, up)
     return SiluMulFunction.apply(gate, up)

@@ -20,7 +20,9 @@ per element. The GPU can do ~300 FLOPs in the time it moves one byte, so this
 kernel only waits for memory: its speed is measured in GB/s, not FLOP/s.
 
 Layers: ``add_kernel`` (the kernel), ``add_forward`` (the launcher), ``AddFunction``
-(autograd), ``add`` (the registry's signature).
+(autograd), ``add`` (the registry's signature). ``add`` and ``add_forward`` are public:
+each checks its inputs once, before any launch (``_check``); ``AddFunction`` launches
+inputs ``add`` has checked.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
 
@@ -53,6 +57,12 @@ def add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK_SIZE: tl.constexpr):
     tl.store(out_ptr + offsets, x + y, mask=mask)
 
 
+def _check(x: torch.Tensor, y: torch.Tensor) -> None:
+    contract.add(x, y)  # the op's check: tensors of one shape, dtype and device, floating point
+    check_tensor(OP, "x", x)  # and the kernel's own: a device Triton runs on, a dtype it supports
+    check_tensor(OP, "y", y)
+
+
 def add_forward(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Check the inputs, then launch ``add_kernel`` on ``cdiv(n, BLOCK_SIZE)`` programs.
 
@@ -60,18 +70,18 @@ def add_forward(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = Non
     Non-contiguous inputs are copied to contiguous ones first. ``out`` (optional,
     contiguous, same shape and dtype) receives the result.
     """
-    check_tensor(OP, "x", x)
-    check_tensor(OP, "y", y)
-    check_same_device(OP, x=x, y=y)
-    check_same_dtype(OP, x=x, y=y)
-    if x.shape != y.shape:
-        raise ValueError(f"{OP}: x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; they must match")
-    if out is None:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    else:
+    _check(x, y)
+    if out is not None:
         check_tensor(OP, "out", out, contiguous=True)
         if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
             raise ValueError(f"{OP}: out must have x's shape {tuple(x.shape)}, dtype and device")
+    return _launch(x, y, out)
+
+
+def _launch(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``add_forward`` without the checks: for inputs already checked."""
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     x, y = x.contiguous(), y.contiguous()  # no copy when already contiguous
     n = x.numel()
     if n == 0:
@@ -86,15 +96,17 @@ class AddFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y):
-        return add_forward(x, y)
+        return _launch(x, y)  # checked by add
 
     @staticmethod
     def backward(ctx, dout):
         return dout, dout
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x + y`` (same shape) with the Triton kernel; differentiable."""
+    _check(x, y)  # once, here: AddFunction trusts its inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.add(x, y)
     return AddFunction.apply(x, y)

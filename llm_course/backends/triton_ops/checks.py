@@ -19,7 +19,10 @@ GPU, or the CPU through the interpreter when there is no GPU), a dtype the
 kernel supports (bfloat16 only on a GPU), a rank, contiguity. What every
 backend of an op needs (shapes that agree, a valid ``eps``) is the op's own
 check, in ``llm_course/backends/checks.py``, which ``llm_course.ops`` runs
-before any backend.
+before any backend. Most of the ops' entry points (``softmax``, ``rms_norm``, ...)
+run that check themselves, then only their kernels' own, and are marked
+``@checks_own_inputs`` (``llm_course/backends/registry.py``): a direct call is
+checked as fully as ``llm_course.ops.softmax(...)``, and that call checks once.
 """
 
 from __future__ import annotations

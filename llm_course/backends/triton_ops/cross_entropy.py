@@ -45,6 +45,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import last_dim_contiguous, next_power_of_2, num_warps_for  # noqa: E402
@@ -141,7 +143,15 @@ def _block(n_cols: int, block_size: int | None) -> tuple[int, int]:
     return block, num_warps_for(block)
 
 
-def _check(logits: torch.Tensor, targets: torch.Tensor) -> None:
+def _check(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, reduction: str) -> None:
+    """``cross_entropy``'s check: the op's, then the kernels' own."""
+    contract.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)  # shapes, kinds, options
+    check_tensor(OP, "logits", logits)  # a device Triton runs on, a dtype the kernels support
+    check_tensor(OP, "targets", targets, dtypes=TARGET_DTYPES)
+
+
+def _check_launcher_inputs(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """The public launchers' own check (``cross_entropy`` checked its inputs already and calls them unchecked)."""
     check_tensor(OP, "logits", logits, ndim=2)
     check_tensor(OP, "targets", targets, dtypes=TARGET_DTYPES, ndim=1)
     check_same_device(OP, logits=logits, targets=targets)
@@ -164,7 +174,12 @@ def cross_entropy_rows(
     logits** (0 for ignored rows): the caller must not need the logits afterwards.
     ``block_size`` (a power of two) overrides how many logits a step of the walk reads.
     """
-    _check(logits, targets)
+    _check_launcher_inputs(logits, targets)
+    return _loss_rows(logits, targets, ignore_index, grad_scale=grad_scale, block_size=block_size)
+
+
+def _loss_rows(logits, targets, ignore_index=-100, *, grad_scale=None, block_size=None):
+    """``cross_entropy_rows`` without the input checks: for inputs already checked."""
     if logits.stride(-1) != 1:
         if grad_scale is not None:
             raise ValueError(f"{OP}: logits must have a last-dim stride of 1 to receive the gradient in place")
@@ -194,7 +209,12 @@ def cross_entropy_backward(
     block_size: int | None = None,
 ) -> torch.Tensor:
     """d loss / d logits (N, V) in the logits' dtype, from the saved lse (N,) and a one-element scale tensor."""
-    _check(logits, targets)
+    _check_launcher_inputs(logits, targets)
+    return _loss_grad(logits, targets, lse, scale, ignore_index, block_size=block_size)
+
+
+def _loss_grad(logits, targets, lse, scale, ignore_index=-100, *, block_size=None):
+    """``cross_entropy_backward`` without the input checks: for inputs already checked."""
     logits = last_dim_contiguous(logits)
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     N, V = logits.shape
@@ -223,7 +243,7 @@ def reduce_rows(loss_rows: torch.Tensor, targets: torch.Tensor, ignore_index: in
 class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index, reduction):
-        loss_rows, lse = cross_entropy_rows(logits, targets, ignore_index)
+        loss_rows, lse = _loss_rows(logits, targets, ignore_index)  # checked by cross_entropy
         loss, factor = reduce_rows(loss_rows, targets, ignore_index, reduction)
         ctx.save_for_backward(logits, targets, lse, factor)
         ctx.ignore_index = ignore_index
@@ -234,13 +254,15 @@ class CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, dloss):
         logits, targets, lse, factor = ctx.saved_tensors
         scale = (dloss.to(torch.float32) * factor).reshape(1)  # stays on the device
-        return cross_entropy_backward(logits, targets, lse, scale, ctx.ignore_index), None, None, None
+        return _loss_grad(logits, targets, lse, scale, ctx.ignore_index), None, None, None
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100, reduction: str = "mean"
 ) -> torch.Tensor:
     """Cross-entropy with the Triton kernels; differentiable in the logits. (N, V), (N,) -> scalar float32."""
+    _check(logits, targets, ignore_index, reduction)  # once, here: CrossEntropyFunction trusts its inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.cross_entropy(logits, targets, ignore_index, reduction)
     return CrossEntropyFunction.apply(logits, targets, ignore_index, reduction)

@@ -65,7 +65,9 @@ configure_triton()
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.launch import next_power_of_2, sm_count  # noqa: E402
 from llm_course.device import autotune_configs  # noqa: E402
 
@@ -254,13 +256,12 @@ def split_plan(B: int, Hkv: int, S: int, device: torch.device, D: int = 128) -> 
     return max(1, -(-S // split_size)), split_size
 
 
-def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, key_padding_mask) -> None:
-    """What the kernels need beyond the op's contract (``checks.decode_attention``)."""
+def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, *, scale=None, window=None, key_padding_mask=None) -> None:
+    """The op's check (``checks.decode_attention``: shapes, one device and dtype, the options), then what the kernels need."""
+    contract.decode_attention(q, k_cache, v_cache, cache_seqlens, scale=scale, window=window, key_padding_mask=key_padding_mask)
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        check_tensor(OP, name, t, ndim=4)
-    check_tensor(OP, "cache_seqlens", cache_seqlens, dtypes=(torch.int32, torch.int64), ndim=1)
-    check_same_device(OP, q=q, k_cache=k_cache, v_cache=v_cache, cache_seqlens=cache_seqlens, key_padding_mask=key_padding_mask)
-    check_same_dtype(OP, q=q, k_cache=k_cache, v_cache=v_cache)
+        check_tensor(OP, name, t)  # a device Triton runs on, a dtype the kernels support
+    check_tensor(OP, "cache_seqlens", cache_seqlens, dtypes=(torch.int32, torch.int64))
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"{OP}: head dim {q.shape[-1]} is too large for the kernel (at most {MAX_HEAD_DIM})")
 
@@ -271,7 +272,7 @@ def decode_attention_forward(q, k_cache, v_cache, cache_seqlens, *, scale=None, 
 
     Inputs may be strided views (no copy). ``num_splits`` overrides :func:`split_plan`
     (for tests and benchmarks). Checked by :func:`decode_attention`; call
-    ``llm_course.backends.checks.decode_attention`` first when calling this directly.
+    :func:`check_decode_inputs` first when calling this directly.
     """
     B, Hq, _, D = q.shape
     Hkv, S = k_cache.shape[1], k_cache.shape[2]
@@ -324,6 +325,7 @@ def decode_attention_forward(q, k_cache, v_cache, cache_seqlens, *, scale=None, 
 # --- 3. the registered op ---------------------------------------------------------------------------
 
 
+@checks_own_inputs  # llm_course.ops does not check again what check_decode_inputs does here
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -338,7 +340,7 @@ def decode_attention(
 
     Forward only: when a gradient is asked for, the PyTorch reference runs instead (see the module's docstring).
     """
-    check_decode_inputs(q, k_cache, v_cache, cache_seqlens, key_padding_mask)
+    check_decode_inputs(q, k_cache, v_cache, cache_seqlens, scale=scale, window=window, key_padding_mask=key_padding_mask)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache)):
         from llm_course.backends.torch_ops.decode_attention import decode_attention as reference
 

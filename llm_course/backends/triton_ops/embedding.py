@@ -32,8 +32,10 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
 from llm_course.backends.torch_ops.embedding import check_ids  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import cdiv, next_power_of_2  # noqa: E402
 
@@ -117,14 +119,19 @@ class EmbeddingFunction(torch.autograd.Function):
         return None, dw.to(ctx.weight_dtype)
 
 
+def _check(ids: torch.Tensor, weight: torch.Tensor) -> None:
+    contract.embedding(ids, weight)  # the op's check: int ids, a float (V, C) table, one device
+    check_tensor(OP, "weight", weight)  # and the kernels' own: a device Triton runs on, a dtype they support,
+    check_ids(OP, ids, weight.shape[0])  # and every id a row of the table (the kernel reads where it points)
+
+
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def embedding(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Rows of ``weight`` picked by ``ids`` with the Triton kernels; differentiable in weight.
 
     ids (...) int64 or int32 in 0 .. V-1; weight (V, C) -> (..., C) in weight's dtype.
     """
-    check_tensor(OP, "weight", weight, ndim=2)
-    check_ids(OP, ids, weight.shape[0])
-    check_same_device(OP, ids=ids, weight=weight)
+    _check(ids, weight)  # once, here: the launchers trust their inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.embedding(ids, weight)
     return EmbeddingFunction.apply(ids, weight)

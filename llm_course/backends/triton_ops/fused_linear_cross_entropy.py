@@ -35,7 +35,9 @@ configure_triton()
 import torch  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.cross_entropy import TARGET_DTYPES, cross_entropy_rows, reduce_rows  # noqa: E402
 from llm_course.backends.triton_ops.launch import next_power_of_2  # noqa: E402
@@ -72,6 +74,16 @@ def accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> t
     return acc.add_((a @ b).float())
 
 
+def _check(hidden, weight, targets, bias, ignore_index: int, reduction: str) -> None:
+    # the op's check: shapes that agree, one device, one float dtype, int targets, valid options
+    contract.fused_linear_cross_entropy(hidden, weight, targets, bias, ignore_index=ignore_index, reduction=reduction)
+    check_tensor(OP, "hidden", hidden)  # and the kernel's own: a device Triton runs on, a dtype it supports
+    check_tensor(OP, "weight", weight)
+    if bias is not None:
+        check_tensor(OP, "bias", bias)
+    check_tensor(OP, "targets", targets, dtypes=TARGET_DTYPES)
+
+
 def fused_linear_cross_entropy_forward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -88,13 +100,13 @@ def fused_linear_cross_entropy_forward(
     hidden (N, C), weight (V, C), targets (N,), bias (V,) or None. Returns
     ``(loss, grad_hidden, grad_weight, grad_bias)`` (None for each one not asked).
     """
-    check_tensor(OP, "hidden", hidden, ndim=2)
-    check_tensor(OP, "weight", weight, ndim=2)
-    if bias is not None:
-        check_tensor(OP, "bias", bias, ndim=1)
-    check_tensor(OP, "targets", targets, dtypes=TARGET_DTYPES, ndim=1)
-    check_same_device(OP, hidden=hidden, weight=weight, bias=bias, targets=targets)
-    check_same_dtype(OP, hidden=hidden, weight=weight, bias=bias)
+    _check(hidden, weight, targets, bias, ignore_index, reduction)
+    return _forward(hidden, weight, targets, bias, ignore_index, reduction, grads=grads, chunk_rows=chunk_rows)
+
+
+def _forward(hidden, weight, targets, bias=None, ignore_index=-100, reduction="mean", *,
+             grads=(False, False, False), chunk_rows=None):  # fmt: skip
+    """``fused_linear_cross_entropy_forward`` without the input checks: for inputs already checked."""
     N, C = hidden.shape
     V = weight.shape[0]
     Vp = -(-V // VOCAB_ALIGN) * VOCAB_ALIGN  # the products' vocabulary, padded (see VOCAB_ALIGN)
@@ -142,8 +154,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, bias, ignore_index, reduction, grads):
         with torch.autocast(hidden.device.type, enabled=False):  # the inputs' dtype, whatever autocast says
-            loss, gh, gw, gb = fused_linear_cross_entropy_forward(hidden, weight, targets, bias, ignore_index,
-                                                                  reduction, grads=grads)  # fmt: skip
+            loss, gh, gw, gb = _forward(hidden, weight, targets, bias, ignore_index, reduction, grads=grads)  # checked already
         ctx.save_for_backward(gh, gw, gb)
         return loss
 
@@ -156,6 +167,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         return scaled[0], scaled[1], None, scaled[2], None, None, None
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def fused_linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -166,6 +178,7 @@ def fused_linear_cross_entropy(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T + bias, targets)`` chunk by chunk; differentiable in hidden, weight, bias."""
+    _check(hidden, weight, targets, bias, ignore_index, reduction)  # once, here: the Function trusts its inputs
     on = torch.is_grad_enabled()
     grads = tuple(on and t is not None and t.requires_grad for t in (hidden, weight, bias))
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch

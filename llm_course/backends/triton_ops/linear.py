@@ -27,7 +27,9 @@ configure_triton()
 import torch  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
-from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_dtype, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.matmul import launch_matmul  # noqa: E402
 
@@ -35,19 +37,15 @@ OP = "linear"
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    check_tensor(OP, "x", x)
-    check_tensor(OP, "weight", weight, ndim=2)
+    contract.linear(x, weight, bias)  # the op's check: shapes that agree, one device, float dtypes
+    check_tensor(OP, "x", x)  # and the kernel's own: a device Triton runs on, a dtype it supports
+    check_tensor(OP, "weight", weight)
     if bias is not None:
-        check_tensor(OP, "bias", bias, ndim=1)
-    check_same_device(OP, x=x, weight=weight, bias=bias)
-    check_same_dtype(OP, x=x, weight=weight, bias=bias)
-    if x.dim() == 0:
-        raise ValueError(f"{OP}: x must have at least one dimension (its features), got a scalar")
-    N, K = weight.shape
-    if x.shape[-1] != K:
-        raise ValueError(f"{OP}: x has {x.shape[-1]} features (last dimension) but weight {tuple(weight.shape)} expects {K}")
-    if bias is not None and bias.shape[0] != N:
-        raise ValueError(f"{OP}: bias has shape {tuple(bias.shape)}, expected ({N},) for weight {tuple(weight.shape)}")
+        check_tensor(OP, "bias", bias)
+    # The kernel multiplies inputs of one dtype. The op's check asks for one only outside autocast
+    # (under autocast llm_course.ops casts the inputs to autocast's dtype first); a direct call is not cast.
+    if torch.is_autocast_enabled(x.device.type):
+        check_same_dtype(OP, x=x, weight=weight, bias=bias)
 
 
 class LinearFunction(torch.autograd.Function):
@@ -73,9 +71,10 @@ class LinearFunction(torch.autograd.Function):
         return dx, dweight, dbias
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` through the Triton matmul. x (..., K), weight (N, K), bias (N,) -> (..., N)."""
-    _check(x, weight, bias)
+    _check(x, weight, bias)  # once, here (launch_matmul, public too, still checks what its kernel needs)
     lead = x.shape[:-1]
     x2d = x.reshape(lead.numel(), x.shape[-1])  # (M, K), M = product of the leading dimensions (K may be 0)
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch

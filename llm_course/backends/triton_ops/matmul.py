@@ -249,6 +249,8 @@ class MatmulFunction(torch.autograd.Function):
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The matrix product in Triton. a (M, K), b (K, N) -> (M, N), in the inputs' dtype."""
+    # launch_matmul checks a and b. Not marked checks_own_inputs: llm_course.ops runs the op's check
+    # on the inputs as given, before autocast casts them to one dtype (the check refuses two dtypes).
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         return MatmulFunction.apply(a, b)
     return launch_matmul(a, b)  # no graph to record: skip autograd's bookkeeping

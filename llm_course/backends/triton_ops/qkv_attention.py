@@ -27,11 +27,14 @@ configure_triton()
 import torch  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
 from llm_course.backends.torch_ops.attention import split_qkv  # noqa: E402  (views only: no torch compute)
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
+from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.flash_attention import flash_attention_forward  # noqa: E402
 from llm_course.backends.triton_ops.flash_attention_bwd import flash_attention_backward  # noqa: E402
-from llm_course.backends.triton_ops.flash_common import check_attention_inputs  # noqa: E402
+from llm_course.backends.triton_ops.flash_common import HEAD_DIMS  # noqa: E402
 from llm_course.backends.triton_ops.launch import last_dim_contiguous  # noqa: E402
 
 OP = "qkv_attention"
@@ -74,6 +77,19 @@ class QKVFlashAttention(torch.autograd.Function):
         return qkv_attention_backward(qkv, y, lse, dy, ctx.num_heads, ctx.causal, key_padding_mask), None, None, None
 
 
+def _check(qkv, num_heads, causal, key_padding_mask, dropout_p) -> None:
+    # the op's check: qkv (B, T, 3C) of floats holding data, C a multiple of num_heads, the mask, dropout_p
+    contract.qkv_attention(qkv, num_heads, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+    # and the kernels' own: no dropout, a device Triton runs on, a dtype and a head dim they are built for
+    if dropout_p:
+        raise NotImplementedError(f"{OP}: dropout_p={dropout_p} is not supported by the Triton kernel; use the torch backend")
+    check_tensor(OP, "qkv", qkv)
+    D = qkv.shape[-1] // (3 * num_heads)
+    if D not in HEAD_DIMS:
+        raise ValueError(f"{OP}: head dim {D} is not supported; supported head dims: {', '.join(map(str, HEAD_DIMS))}")
+
+
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def qkv_attention(
     qkv: torch.Tensor,
     num_heads: int,
@@ -83,9 +99,7 @@ def qkv_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Backend "triton" of ``llm_course.ops.qkv_attention``: qkv (B, T, 3C) -> (B, T, C), differentiable."""
-    if dropout_p:
-        raise NotImplementedError(f"{OP}: dropout_p={dropout_p} is not supported by the Triton kernel; use the torch backend")
-    check_attention_inputs(*split_qkv(qkv, num_heads), key_padding_mask=key_padding_mask, op=OP)
+    _check(qkv, num_heads, causal, key_padding_mask, dropout_p)  # once, here: the launchers trust their inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.qkv_attention(qkv, num_heads, bool(causal), key_padding_mask)
     return QKVFlashAttention.apply(qkv, num_heads, bool(causal), key_padding_mask)

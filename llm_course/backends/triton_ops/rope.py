@@ -48,6 +48,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
 from llm_course.backends.torch_ops.rope import check_rope_inputs  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
@@ -132,12 +134,27 @@ def rope_kernel(
         )  # fmt: skip
 
 
-def _check(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, name: str = "x") -> None:
+def _check(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """``apply_rope``'s check: the op's, then the kernel's own."""
+    contract.apply_rope(x, cos, sin)  # ranks and shapes that agree, one device, float dtypes
+    check_tensor(OP, "x", x)  # a device Triton runs on, a dtype the kernel supports
+    check_tensor(OP, "cos", cos)
+    check_tensor(OP, "sin", sin)
+    _check_layout(x, cos, sin)
+
+
+def _check_qk_input(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, name: str) -> None:
+    """``apply_rope_qk``'s check of q or k: it is no op of ``llm_course.ops``, so nothing checked them before."""
     check_tensor(OP, name, x, ndim=4)
     check_tensor(OP, "cos", cos, ndim=(2, 3))
     check_tensor(OP, "sin", sin, ndim=(2, 3))
     check_same_device(OP, **{name: x}, cos=cos, sin=sin)
     check_rope_inputs(OP, x, cos, sin)
+    _check_layout(x, cos, sin, name)
+
+
+def _check_layout(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, name: str = "x") -> None:
+    """What only the kernel needs besides: rows of x with a contiguous last dimension, tables without grad."""
     if x.shape[-1] > 1 and x.stride(-1) != 1:
         raise ValueError(
             f"{OP}: the last dimension of {name} must be contiguous (strides {x.stride()}); call .contiguous()"
@@ -223,9 +240,10 @@ class RopeQKFunction(torch.autograd.Function):
         return dq, dk, None, None
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate every head of x by its token's angles. x (B, H, T, D); cos, sin (B, T, D) or (T, D) -> (B, H, T, D)."""
-    _check(x, cos, sin)
+    _check(x, cos, sin)  # once, here: the launcher trusts its inputs
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.apply_rope(x, cos, sin)
     return RopeFunction.apply(x, cos, sin)
@@ -235,8 +253,8 @@ def apply_rope_qk(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate queries and keys in one launch. q (B, Hq, T, D), k (B, Hkv, T, D) -> same shapes."""
-    _check(q, cos, sin, "q")
-    _check(k, cos, sin, "k")
+    _check_qk_input(q, cos, sin, "q")  # all of apply_rope's checks, for q and for k
+    _check_qk_input(k, cos, sin, "k")
     if k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
         raise ValueError(f"apply_rope_qk: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in B, T and D")
     check_same_device("apply_rope_qk", q=q, k=k)

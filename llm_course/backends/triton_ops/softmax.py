@@ -36,6 +36,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
+from llm_course.backends import checks as contract  # noqa: E402
+from llm_course.backends.registry import checks_own_inputs  # noqa: E402
 from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
 from llm_course.backends.triton_ops.launch import as_rows, next_power_of_2, num_warps_for  # noqa: E402
 
@@ -133,15 +135,23 @@ def _launch(fused_kernel, looped_kernel, n_rows: int, n_cols: int, max_fused_siz
         looped_kernel[(n_rows,)](*args, n_cols, BLOCK_SIZE=block, num_warps=num_warps_for(block))
 
 
+def _check(x: torch.Tensor) -> None:
+    contract.softmax(x)  # the op's check: a floating-point tensor with a last dimension, holding data
+    check_tensor(OP, "x", x)  # and the kernels' own: a device Triton runs on, a dtype they support
+
+
 def softmax_forward(x: torch.Tensor, max_fused_size: int = MAX_FUSED_SIZE) -> torch.Tensor:
     """Softmax over the last dim. x (..., N) -> y (..., N) contiguous, same dtype.
 
     Rows longer than ``max_fused_size`` elements go to the looped kernel (lower
     it to try that kernel on short rows).
     """
-    check_tensor(OP, "x", x)
-    if x.dim() == 0:
-        raise ValueError(f"{OP}: x must have at least one dimension")
+    _check(x)
+    return _forward(x, max_fused_size)
+
+
+def _forward(x: torch.Tensor, max_fused_size: int = MAX_FUSED_SIZE) -> torch.Tensor:
+    """``softmax_forward`` without the checks: for inputs already checked."""
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return y
@@ -172,7 +182,7 @@ def softmax_backward(y: torch.Tensor, dy: torch.Tensor, max_fused_size: int = MA
 class SoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        y = softmax_forward(x)
+        y = _forward(x)  # checked by softmax
         ctx.save_for_backward(y)
         return y
 
@@ -183,6 +193,8 @@ class SoftmaxFunction(torch.autograd.Function):
         return softmax_backward(y, dy)
 
 
+@checks_own_inputs  # llm_course.ops does not check again what _check does here
 def softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension with the Triton kernels; differentiable. (..., N) -> (..., N)."""
+    _check(x)  # once, here: SoftmaxFunction's forward trusts its input
     return SoftmaxFunction.apply(x)
