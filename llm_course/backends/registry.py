@@ -123,12 +123,7 @@ def op(
 
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            impl = implementation(spec.name)
-            if spec.check is not None and not getattr(impl, "checks_own_inputs", False):
-                spec.check(*args, **kwargs)
-            if spec.autocast:
-                args, kwargs = autocast_inputs(args, kwargs)
-            return impl(*args, **kwargs)
+            return _call(spec, args, kwargs)
 
         run.spec = spec
         return run
@@ -361,8 +356,12 @@ def _resolve(op: str, backend: str) -> Callable:
 
 def dispatch(op: str, *args, **kwargs):
     """Call ``op`` with the backend in force (its check first), like ``llm_course.ops.<op>(...)``."""
-    spec = _spec(op)
-    impl = implementation(op)
+    return _call(_spec(op), args, kwargs)
+
+
+def _call(spec: OpSpec, args: tuple, kwargs: dict):
+    """One call of an op: its check (unless the implementation runs it itself), autocast's cast, the implementation."""
+    impl = implementation(spec.name)
     if spec.check is not None and not getattr(impl, "checks_own_inputs", False):
         spec.check(*args, **kwargs)
     if spec.autocast:
