@@ -28,6 +28,7 @@ def test_attention_bench_writes_its_files(attention_run):
         assert (attention_run / name).stat().st_size > 0, name
     meta = json.loads((attention_run / "attention_meta.json").read_text())
     assert meta["benchmark"] == "attention" and meta["ceilings"]["bandwidth_gbs"] > 0
+    assert set(meta["autotuned"]) == {"_flash_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}
 
 
 def test_attention_bench_measures_triton_and_sdpa(attention_run):
@@ -39,6 +40,24 @@ def test_attention_bench_measures_triton_and_sdpa(attention_run):
             assert r["error"] == "" and math.isfinite(float(r["tflops"] or r["gbs"])), r
         if r["impl"] == "sdpa_flash" and not has_gpu():
             assert "GPU" in r["error"], "the FLASH backend row should say it needs a GPU"
+
+
+def test_attention_bench_records_the_autotuners_choices(monkeypatch):
+    """One line per kernel and tuning key: the key's values, then the tile that won."""
+    import triton
+
+    from llm_course.backends.triton_ops import flash_attention
+    from llm_course.bench import attention
+
+    class Tuned:  # what the bench reads of a triton.autotune object
+        keys = ["T_BUCKET", "HEAD_DIM"]
+        cache = {(1024, 128, "torch.bfloat16"): triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=2)}
+        fn = flash_attention._flash_fwd_kernel.fn
+
+    monkeypatch.setattr(flash_attention, "_flash_fwd_kernel", Tuned())
+    chosen = attention.autotune_choices()
+    assert chosen["_flash_fwd_kernel"] == ["T_BUCKET=1024, HEAD_DIM=128 -> BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=2"]
+    assert set(chosen) == {"_flash_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}
 
 
 def test_attention_bench_redraws_from_its_files(attention_run):

@@ -18,6 +18,7 @@ import math
 
 import pytest
 import torch
+import triton
 
 from llm_course import ops
 from llm_course.backends import use_backend
@@ -202,6 +203,19 @@ def test_tma_needs_16_byte_strides_and_start():
     assert not fa._tma_layout_ok(torch.zeros(2, 4, 64, 64).transpose(2, 3))  # columns, not rows, of stride 1
     if not torch.cuda.is_available():
         assert fa.tma_descriptors(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)) is None
+
+
+def test_with_tma_loads_the_autotuner_times_only_the_tma_tiles():
+    """The prune hook keeps the three measured tiles for the TMA path, every tile otherwise."""
+    configs = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 2)]
+    ]  # fmt: skip
+    kept = fa.prune_fwd_configs(configs, {}, USE_TMA=True)
+    assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept} == fa.TMA_TILES
+    assert fa.prune_fwd_configs(configs, {}, USE_TMA=False) == configs
+    assert fa.prune_fwd_configs(configs[:1], {}, USE_TMA=True) == configs[:1]  # the interpreter's single config
+    assert fa.prune_fwd_configs(configs[:1] * 2, {}, USE_TMA=True) == configs[:1] * 2  # none of the tiles: all kept
 
 
 # --- clear errors -----------------------------------------------------------------------

@@ -24,8 +24,8 @@ Three measurements in one run:
 
 Files in ``--out`` (default ``bench_out/<device>/``): ``attention.csv`` (speed and
 RoPE rows, failures included with their error), ``attention_memory.csv``,
-``attention_meta.json`` (GPU, versions, date, ceilings), ``attention_tflops.png`` and
-``attention_memory.png``. Times are medians of device times with the L2 cache
+``attention_meta.json`` (GPU, versions, date, ceilings, the block sizes the autotuner
+chose), ``attention_tflops.png`` and ``attention_memory.png``. Times are medians of device times with the L2 cache
 flushed before each call (``llm_course.bench.common.measure``).
 """
 
@@ -176,6 +176,27 @@ def run_speed(sizes: Sizes, dtype_name: str, device: torch.device, ceilings: Cei
                 free_memory()
     _fill_vs_sdpa(rows)
     return rows
+
+
+def autotune_choices() -> dict[str, list[str]]:
+    """The block sizes the autotuner chose for each FlashAttention kernel, one line per tuning key.
+
+    ``{"_flash_fwd_kernel": ["T_BUCKET=1024, ..., HEAD_DIM=128, ... -> BLOCK_M=128, BLOCK_N=64, num_warps=4,
+    num_stages=2", ...], ...}``: which tile won is part of a result (a run whose autotuning was
+    thrown off by noise shows here).
+    """
+    from llm_course.backends.triton_ops import flash_attention, flash_attention_bwd
+
+    out = {}
+    kernels = (flash_attention._flash_fwd_kernel, flash_attention_bwd._bwd_dkdv_kernel, flash_attention_bwd._bwd_dq_kernel)
+    for kernel in kernels:
+        lines = []
+        for key, cfg in getattr(kernel, "cache", {}).items():
+            tuned_on = ", ".join(f"{name}={value}" for name, value in zip(getattr(kernel, "keys", ()), key))
+            tile = ", ".join(f"{name}={value}" for name, value in cfg.kwargs.items())
+            lines.append(f"{tuned_on} -> {tile}, num_warps={cfg.num_warps}, num_stages={cfg.num_stages}")
+        out[kernel.fn.__name__] = lines
+    return out
 
 
 def _fill_vs_sdpa(rows: list[BenchRow]) -> None:
@@ -432,9 +453,15 @@ def main(argv: list[str] | None = None) -> int:
 
     write_csv(rows, out_dir / CSV_NAME)
     write_memory_csv(mem, out_dir / MEM_CSV_NAME)
-    write_meta(metadata(device, ceilings, benchmark="attention", dtype=dtype, mode=mode, parts=sorted(parts)), out_dir / META_NAME)
+    chosen = autotune_choices()
+    write_meta(metadata(device, ceilings, benchmark="attention", dtype=dtype, mode=mode, parts=sorted(parts), autotuned=chosen),
+               out_dir / META_NAME)  # fmt: skip
     paths = draw_charts(out_dir)
     print(f"\nwrote {out_dir / CSV_NAME}, {out_dir / MEM_CSV_NAME}, {out_dir / META_NAME}, " + ", ".join(p.name for p in paths))
+    if is_gpu(device) and any(chosen.values()):
+        print("\nblock sizes the autotuner chose:")
+        for kernel, lines in chosen.items():
+            print("\n".join(f"  {kernel}: {line}" for line in lines))
     failed = [r for r in rows if not r.ok]
     if failed:
         print(f"{len(failed)} measurement(s) failed or were skipped; their errors are in the CSV's 'error' column")
