@@ -43,7 +43,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends import checks as contract  # noqa: E402
 from llm_course.backends.registry import checks_own_inputs  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor, check_tensors  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
 from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
@@ -209,8 +209,7 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` with the Triton kernels; differentiable. gate, up (...) same shape -> (...)."""
     contract.silu_mul(gate, up)  # the op's check: tensors of one shape, dtype and device, floating point
-    check_tensor("silu_mul", "gate", gate)  # and the kernels' own: a device Triton runs on, a dtype they support
-    check_tensor("silu_mul", "up", up)
+    check_tensors("silu_mul", gate=gate, up=up)  # and the kernels' own: a device Triton runs on, a dtype they support
     if torch.compiler.is_compiling():  # a custom op: torch.compile cannot trace into a launch
         return custom_ops.silu_mul(gate, up)
     return SiluMulFunction.apply(gate, up)

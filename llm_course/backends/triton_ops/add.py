@@ -37,7 +37,7 @@ import triton.language as tl  # noqa: E402
 
 from llm_course.backends import checks as contract  # noqa: E402
 from llm_course.backends.registry import checks_own_inputs  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor, check_tensors  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import cdiv  # noqa: E402
 
@@ -59,8 +59,7 @@ def add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK_SIZE: tl.constexpr):
 
 def _check(x: torch.Tensor, y: torch.Tensor) -> None:
     contract.add(x, y)  # the op's check: tensors of one shape, dtype and device, floating point
-    check_tensor(OP, "x", x)  # and the kernel's own: a device Triton runs on, a dtype it supports
-    check_tensor(OP, "y", y)
+    check_tensors(OP, x=x, y=y)  # and the kernel's own: a device Triton runs on, a dtype it supports
 
 
 def add_forward(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

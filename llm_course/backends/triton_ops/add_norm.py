@@ -40,7 +40,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends import checks as contract  # noqa: E402
 from llm_course.backends.registry import checks_own_inputs  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensors  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
     as_rows, backward_programs, backward_stages, block_config, from_rows, last_dim_contiguous,
@@ -124,11 +124,7 @@ def _check(op: str, x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias
         contract.add_rms_norm(x, h, weight, eps)
     else:
         contract.add_layer_norm(x, h, weight, bias, eps)
-    check_tensor(op, "x", x)  # and the kernels' own: a device Triton runs on, a dtype they support
-    check_tensor(op, "h", h)
-    check_tensor(op, "weight", weight)
-    if bias is not None:
-        check_tensor(op, "bias", bias)
+    check_tensors(op, x=x, h=h, weight=weight, bias=bias)  # and the kernels' own: a device Triton runs on, a dtype they support
 
 
 def _op(is_rms: bool) -> str:

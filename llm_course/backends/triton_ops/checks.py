@@ -7,10 +7,11 @@ checks them once, before any launch, and raises an error that names the op,
 the argument and the problem, instead of computing a wrong answer or crashing
 inside the kernel:
 
-    from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor
+    from llm_course.backends.triton_ops.checks import check_same_device, check_same_dtype, check_tensor, check_tensors
 
     check_tensor("softmax", "x", x)                       # a tensor Triton can run on, a float dtype
     check_tensor("matmul", "a", a, ndim=2)                # ... of rank 2
+    check_tensors("layer_norm", x=x, weight=w, bias=b)    # check_tensor for each (b None: skipped)
     check_same_device("add", x=x, y=y)                    # all on one device
     check_same_dtype("add", x=x, y=y)                     # all of one dtype
 
@@ -66,6 +67,16 @@ def check_tensor(
             raise ValueError(f"{op}: {name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(t.shape)}")
     if contiguous and not t.is_contiguous():
         raise ValueError(f"{op}: {name} must be contiguous (shape {tuple(t.shape)}, strides {t.stride()}); call .contiguous()")
+
+
+def check_tensors(op: str, **tensors: torch.Tensor | None) -> None:
+    """:func:`check_tensor` with its defaults for each named tensor; None (an absent optional tensor) is skipped.
+
+        check_tensors("layer_norm", x=x, weight=weight, bias=bias)   # bias may be None
+    """
+    for name, t in tensors.items():
+        if t is not None:
+            check_tensor(op, name, t)
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:

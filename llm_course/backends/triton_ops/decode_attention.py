@@ -67,7 +67,7 @@ import triton.language as tl  # noqa: E402
 
 from llm_course.backends import checks as contract  # noqa: E402
 from llm_course.backends.registry import checks_own_inputs  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor, check_tensors  # noqa: E402
 from llm_course.backends.triton_ops.launch import next_power_of_2, sm_count  # noqa: E402
 from llm_course.device import autotune_configs  # noqa: E402
 
@@ -259,8 +259,7 @@ def split_plan(B: int, Hkv: int, S: int, device: torch.device, D: int = 128) -> 
 def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, *, scale=None, window=None, key_padding_mask=None) -> None:
     """The op's check (``checks.decode_attention``: shapes, one device and dtype, the options), then what the kernels need."""
     contract.decode_attention(q, k_cache, v_cache, cache_seqlens, scale=scale, window=window, key_padding_mask=key_padding_mask)
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        check_tensor(OP, name, t)  # a device Triton runs on, a dtype the kernels support
+    check_tensors(OP, q=q, k_cache=k_cache, v_cache=v_cache)  # a device Triton runs on, a dtype the kernels support
     check_tensor(OP, "cache_seqlens", cache_seqlens, dtypes=(torch.int32, torch.int64))
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"{OP}: head dim {q.shape[-1]} is too large for the kernel (at most {MAX_HEAD_DIM})")

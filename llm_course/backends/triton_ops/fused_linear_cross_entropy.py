@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends import checks as contract  # noqa: E402
 from llm_course.backends.registry import checks_own_inputs  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensor, check_tensors  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.cross_entropy import TARGET_DTYPES, cross_entropy_rows, reduce_rows  # noqa: E402
 from llm_course.backends.triton_ops.launch import next_power_of_2  # noqa: E402
@@ -77,10 +77,7 @@ def accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> t
 def _check(hidden, weight, targets, bias, ignore_index: int, reduction: str) -> None:
     # the op's check: shapes that agree, one device, one float dtype, int targets, valid options
     contract.fused_linear_cross_entropy(hidden, weight, targets, bias, ignore_index=ignore_index, reduction=reduction)
-    check_tensor(OP, "hidden", hidden)  # and the kernel's own: a device Triton runs on, a dtype it supports
-    check_tensor(OP, "weight", weight)
-    if bias is not None:
-        check_tensor(OP, "bias", bias)
+    check_tensors(OP, hidden=hidden, weight=weight, bias=bias)  # and the kernel's own: a device Triton runs on, a dtype it supports
     check_tensor(OP, "targets", targets, dtypes=TARGET_DTYPES)
 
 

@@ -47,7 +47,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends import checks as contract  # noqa: E402
 from llm_course.backends.registry import checks_own_inputs  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_tensors  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import (  # noqa: E402
     as_rows, backward_programs, backward_stages, block_config, from_rows, last_dim_contiguous,
@@ -151,10 +151,7 @@ def layernorm_bwd_kernel(
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> None:
     contract.layer_norm(x, weight, bias, eps)  # the op's check: shapes that agree, one device, float dtypes, eps
-    check_tensor(OP, "x", x)  # and the kernels' own: a device Triton runs on, a dtype they support
-    check_tensor(OP, "weight", weight)
-    if bias is not None:
-        check_tensor(OP, "bias", bias)
+    check_tensors(OP, x=x, weight=weight, bias=bias)  # and the kernels' own: a device Triton runs on, a dtype they support
 
 
 def layernorm_forward(

@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 
 from llm_course.backends import checks as contract  # noqa: E402
 from llm_course.backends.registry import checks_own_inputs  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_same_dtype, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_dtype, check_tensors  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.matmul import launch_matmul  # noqa: E402
 
@@ -38,10 +38,7 @@ OP = "linear"
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     contract.linear(x, weight, bias)  # the op's check: shapes that agree, one device, float dtypes
-    check_tensor(OP, "x", x)  # and the kernel's own: a device Triton runs on, a dtype it supports
-    check_tensor(OP, "weight", weight)
-    if bias is not None:
-        check_tensor(OP, "bias", bias)
+    check_tensors(OP, x=x, weight=weight, bias=bias)  # and the kernel's own: a device Triton runs on, a dtype it supports
     # The kernel multiplies inputs of one dtype. The op's check asks for one only outside autocast
     # (under autocast llm_course.ops casts the inputs to autocast's dtype first); a direct call is not cast.
     if torch.is_autocast_enabled(x.device.type):

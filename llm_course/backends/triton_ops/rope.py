@@ -51,7 +51,7 @@ from torch.autograd.function import once_differentiable  # noqa: E402
 from llm_course.backends import checks as contract  # noqa: E402
 from llm_course.backends.registry import checks_own_inputs  # noqa: E402
 from llm_course.backends.torch_ops.rope import check_rope_inputs  # noqa: E402
-from llm_course.backends.triton_ops.checks import check_same_device, check_tensor  # noqa: E402
+from llm_course.backends.triton_ops.checks import check_same_device, check_tensor, check_tensors  # noqa: E402
 from llm_course.backends.triton_ops import custom_ops  # noqa: E402  (what torch.compile sees)
 from llm_course.backends.triton_ops.launch import cdiv, last_dim_contiguous, next_power_of_2  # noqa: E402
 from llm_course.backends.triton_ops.launch_cache import launch  # noqa: E402
@@ -137,9 +137,7 @@ def rope_kernel(
 def _check(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """``apply_rope``'s check: the op's, then the kernel's own."""
     contract.apply_rope(x, cos, sin)  # ranks and shapes that agree, one device, float dtypes
-    check_tensor(OP, "x", x)  # a device Triton runs on, a dtype the kernel supports
-    check_tensor(OP, "cos", cos)
-    check_tensor(OP, "sin", sin)
+    check_tensors(OP, x=x, cos=cos, sin=sin)  # a device Triton runs on, a dtype the kernel supports
     _check_layout(x, cos, sin)
 
 
