@@ -43,6 +43,14 @@ What makes it fast (Triton's fused-attention tutorial does the same):
   from memory to shared memory, with no address arithmetic in registers and rows
   past the end read as zeros (see ``tma_descriptors`` below).
 
+Tried on Hopper and left out, because they made it slower or changed nothing
+(``results/h200/flash_fwd_*``, ``results/h100/flash_fwd_overlap_and_pointers.txt``):
+Triton 3.6's warp specialization of the key loop; FlashAttention-4's conditional
+rescale (a branch per key block, which keeps Triton from overlapping one block's
+matrix products with the next one's softmax); and issuing the next block's
+``Q K^T`` before this block's softmax by hand (FlashAttention-3's overlap: with 4
+warps the second score tile spills registers, with 8 it gains nothing).
+
 Conventions (the contract of ``llm_course.ops.attention``): q (B, Hq, T, D);
 k, v (B, Hkv, S, D); query i sees key j when
 
